@@ -1,0 +1,481 @@
+"""The SaLSa optimizer on its own: the line search, its state, its robustness."""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+
+import pytest
+import torch
+from sklearn.datasets import load_breast_cancer
+from sklearn.preprocessing import StandardScaler
+
+from salsa_hf import PRESETS, SaLSa
+
+
+@pytest.fixture(scope="module")
+def cancer():
+    """scikit-learn's breast-cancer data (569 real samples, 30 features), standardised."""
+    x, y = load_breast_cancer(return_X_y=True)
+    return torch.tensor(StandardScaler().fit_transform(x), dtype=torch.float32), torch.tensor(y)
+
+
+def mlp(seed: int = 0, dropout: float = 0.1) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(30, 32), torch.nn.ReLU(), torch.nn.Dropout(dropout), torch.nn.Linear(32, 2)
+    )
+
+
+def batches(data, steps: int, batch_size: int = 32, seed: int = 1):
+    x, y = data
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (batch_size,), generator=g)
+        yield x[idx], y[idx]
+
+
+def loss_closure(model, xb, yb):
+    return lambda: torch.nn.functional.cross_entropy(model(xb), yb)
+
+
+def train(model, optimizer, data, steps, seed=1):
+    for xb, yb in batches(data, steps, seed=seed):
+        optimizer.step(loss_closure(model, xb, yb))
+
+
+def full_loss(model, data) -> float:
+    model.eval()
+    with torch.no_grad():
+        return torch.nn.functional.cross_entropy(model(data[0]), data[1]).item()
+
+
+def test_defaults_end_below_adamw_at_its_default_lr(cancer):
+    salsa_model, adamw_model = mlp(), mlp()
+    salsa = SaLSa(salsa_model.parameters())
+    adamw = torch.optim.AdamW(adamw_model.parameters())
+    for xb, yb in batches(cancer, 300):
+        salsa.step(loss_closure(salsa_model, xb, yb))
+        adamw.zero_grad()
+        torch.nn.functional.cross_entropy(adamw_model(xb), yb).backward()
+        adamw.step()
+    assert full_loss(salsa_model, cancer) < full_loss(adamw_model, cancer)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_decreases_the_loss(cancer, name):
+    model = mlp()
+    start = full_loss(model, cancer)
+    train(model, SaLSa.from_name(name, model.parameters()), cancer, 100)
+    assert full_loss(model, cancer) < 0.5 * start
+
+
+def preconditioned_sq_norm(optimizer: SaLSa) -> float:
+    """<g, P g> recomputed from the gradients and moments, independently of functional.py."""
+    total = 0.0
+    bias_correction2 = 1 - 0.999**optimizer.search.step
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            denom = (optimizer.state[p]["exp_avg_sq"] / bias_correction2).sqrt() + group["eps"]
+            total += (p.grad * p.grad / denom).sum().item()
+    return total
+
+
+def test_every_accepted_search_satisfies_the_smoothed_armijo_inequality(cancer):
+    model = mlp()
+    opt = SaLSa(model.parameters(), search_step="trial", c=0.3, beta3=0.9)
+    searched = 0
+    for xb, yb in batches(cancer, 80):
+        trial_losses = []
+        closure = loss_closure(model, xb, yb)
+
+        def recording_closure():
+            loss = closure()
+            if not torch.is_grad_enabled():
+                trial_losses.append(loss.item())
+            return loss
+
+        before = copy.copy(opt.search)
+        loss = opt.step(recording_closure).item()
+        after = opt.search
+        if not after.last_searched:
+            assert trial_losses == []
+            continue
+        searched += 1
+        assert len(trial_losses) == after.last_backtracks + 1
+        expected_norm_avg = 0.9 * before.norm_avg + 0.1 * preconditioned_sq_norm(opt)
+        assert after.norm_avg == pytest.approx(expected_norm_avg, rel=1e-5)
+        accepted = trial_losses[-1]
+        assert after.decrease_avg == pytest.approx(0.9 * before.decrease_avg + 0.1 * (loss - accepted), rel=1e-9)
+        assert after.decrease_avg >= 0.3 * after.step_size * after.norm_avg or accepted == loss
+        # Every rejected trial failed the test at its own step size.
+        for k, rejected in enumerate(trial_losses[:-1]):
+            eta = after.step_size / opt.delta ** (len(trial_losses) - 1 - k)
+            h = 0.9 * before.decrease_avg + 0.1 * (loss - rejected)
+            assert not (h >= 0.3 * eta * after.norm_avg) or not math.isfinite(rejected)
+    assert searched >= 10
+
+
+def test_all_evaluations_of_a_step_see_the_same_random_state_and_leave_it_as_one_call_would(cancer):
+    model = mlp(dropout=0.5)
+    model.train()
+    opt = SaLSa(model.parameters(), c=0.99, init_step_size=1.0)  # c near 1 forces backtracks
+    xb, yb = next(batches(cancer, 1))
+    masks = []
+
+    def closure():
+        masks.append(torch.rand(4))
+        return torch.nn.functional.cross_entropy(model(xb), yb)
+
+    torch.manual_seed(123)
+    opt.step(closure)
+    after_step = torch.rand(8)
+    assert len(masks) >= 3
+    assert all(torch.equal(m, masks[0]) for m in masks)
+
+    torch.manual_seed(123)
+    closure()
+    assert torch.equal(torch.rand(8), after_step)
+
+
+def capture_evaluate(model, opt, closure):
+    """Run the optimizer's closure plumbing without stepping: the loss and the replay closure."""
+    captured = {}
+
+    def fake_step(loss, evaluate):
+        captured["loss"], captured["evaluate"] = loss, evaluate
+        return loss
+
+    original = opt._step
+    opt._step = fake_step
+    try:
+        opt.step(closure)
+    finally:
+        opt._step = original
+    return captured["loss"], lambda: captured["evaluate"]().item()
+
+
+def test_replaying_at_the_current_point_gives_the_training_loss_bit_for_bit(cancer):
+    model = mlp(dropout=0.5)
+    model.train()
+    opt = SaLSa(model.parameters())
+    xb, yb = next(batches(cancer, 1))
+    loss, evaluate = capture_evaluate(model, opt, loss_closure(model, xb, yb))
+    assert evaluate() == loss.item()
+
+
+def snapshot(model, opt):
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "rng": torch.get_rng_state()}, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def test_resume_from_state_dict_is_bit_identical(cancer):
+    model = mlp(dropout=0.3)
+    model.train()
+    opt = SaLSa(model.parameters(), weight_decay=0.01)
+    data = list(batches(cancer, 60))
+    torch.manual_seed(7)
+    for xb, yb in data[:30]:
+        opt.step(loss_closure(model, xb, yb))
+    saved = snapshot(model, opt)
+    for xb, yb in data[30:]:
+        opt.step(loss_closure(model, xb, yb))
+
+    checkpoint = torch.load(saved, weights_only=False)
+    resumed_model = mlp(seed=99, dropout=0.3)
+    resumed_model.train()
+    resumed_model.load_state_dict(checkpoint["model"])
+    resumed = SaLSa(resumed_model.parameters(), weight_decay=0.01)
+    resumed.load_state_dict(checkpoint["opt"])
+    torch.set_rng_state(checkpoint["rng"])
+    assert resumed.search.step == 30 and resumed.param_groups[0]["lr"] == resumed.search.step_size
+    for xb, yb in data[30:]:
+        resumed.step(loss_closure(resumed_model, xb, yb))
+    for a, b in zip(model.parameters(), resumed_model.parameters()):
+        assert torch.equal(a, b)
+    assert resumed.search == opt.search
+
+
+def test_state_dict_holds_every_scalar_of_the_search(cancer):
+    model = mlp()
+    opt = SaLSa(model.parameters())
+    train(model, opt, cancer, 25)
+    line_search = opt.state_dict()["line_search"]
+    for key in ("step", "step_size", "decrease_avg", "norm_avg", "fast_avg", "slow_avg",
+                "steps_since_search", "interval", "searches", "backtracks", "trial_forwards"):
+        assert line_search[key] == getattr(opt.search, key)
+    assert line_search["step"] == 25 and line_search["searches"] >= 10
+
+
+def test_loading_a_foreign_state_dict_is_refused(cancer):
+    model = mlp()
+    adam_state = torch.optim.Adam(model.parameters()).state_dict()
+    with pytest.raises(ValueError, match="line_search"):
+        SaLSa(model.parameters()).load_state_dict(adam_state)
+
+
+@pytest.mark.parametrize("name", ["salsa", "salsa_sgd", "sls"])
+def test_foreach_path_equals_reference_path(cancer, name):
+    models = [mlp(), mlp()]
+    opts = [SaLSa.from_name(name, m.parameters(), foreach=f, weight_decay=0.01) for m, f in zip(models, (True, False))]
+    for xb, yb in batches(cancer, 40):
+        for model, opt in zip(models, opts):
+            torch.manual_seed(0)
+            opt.step(loss_closure(model, xb, yb))
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.equal(a, b)
+    assert opts[0].search == opts[1].search
+
+
+def test_a_step_between_searches_is_exactly_an_adam_step(cancer):
+    model = mlp(dropout=0.0)
+    opt = SaLSa(model.parameters(), warmup_searches=0)
+    data = batches(cancer, 100)
+    while True:  # run until the next step will not search
+        xb, yb = next(data)
+        opt.step(loss_closure(model, xb, yb))
+        if opt.search.interval > opt.search.steps_since_search + 1:
+            break
+    reference = copy.deepcopy(model)
+    adam = torch.optim.Adam(reference.parameters(), lr=opt.search.step_size, foreach=False)
+    adam_state = adam.state_dict()
+    for index, p in enumerate(model.parameters()):
+        adam_state["state"][index] = {
+            "step": torch.tensor(float(opt.search.step)),
+            "exp_avg": opt.state[p]["exp_avg"].clone(),
+            "exp_avg_sq": opt.state[p]["exp_avg_sq"].clone(),
+        }
+    adam.load_state_dict(adam_state)
+    xb, yb = next(data)
+    opt.step(loss_closure(model, xb, yb))
+    assert not opt.search.last_searched
+    torch.nn.functional.cross_entropy(reference(xb), yb).backward()
+    adam.step()
+    for a, b in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+
+
+def test_frozen_parameters_are_untouched_and_get_no_state(cancer):
+    model = mlp()
+    frozen = model[0].weight
+    frozen.requires_grad_(False)
+    before = frozen.clone()
+    opt = SaLSa(model.parameters(), weight_decay=0.1)
+    train(model, opt, cancer, 20)
+    assert torch.equal(frozen, before)
+    assert frozen not in opt.state
+    assert model[3].weight in opt.state
+
+
+def test_weight_decay_is_decoupled_per_group_and_scaled_by_the_step_size(cancer):
+    model = mlp(dropout=0.0)
+    spare = torch.nn.Parameter(torch.ones(5))  # gets a zero gradient: only decay moves it
+    opt = SaLSa([
+        {"params": model.parameters(), "weight_decay": 0.0},
+        {"params": [spare], "weight_decay": 0.5},
+    ])
+    for xb, yb in batches(cancer, 5):
+        before = spare.detach().clone()
+        opt.step(lambda: torch.nn.functional.cross_entropy(model(xb), yb) + 0.0 * spare.sum())
+        torch.testing.assert_close(spare.detach(), before * (1 - opt.search.step_size * 0.5), rtol=0, atol=0)
+
+
+def test_state_is_no_larger_than_adamw_and_follows_device_and_dtype(cancer):
+    model = mlp().double()
+    data = (cancer[0].double(), cancer[1])
+    salsa = SaLSa(model.parameters())
+    train(model, salsa, data, 3)
+    adamw = torch.optim.AdamW(model.parameters())
+    model.zero_grad()
+    torch.nn.functional.cross_entropy(model(data[0]), data[1]).backward()
+    adamw.step()
+
+    def tensor_bytes(opt):
+        return sum(
+            v.numel() * v.element_size()
+            for state in opt.state_dict()["state"].values() for v in state.values() if torch.is_tensor(v)
+        )
+
+    assert tensor_bytes(salsa) <= tensor_bytes(adamw)
+    sgd = SaLSa.from_name("salsa_sgd", model.parameters())
+    train(model, sgd, data, 3)
+    assert tensor_bytes(sgd) <= tensor_bytes(adamw) / 2
+    for p in model.parameters():
+        assert salsa.state[p]["exp_avg_sq"].dtype == torch.float64
+        assert salsa.state[p]["exp_avg"].device == p.device
+
+
+def state_copy(model, opt):
+    return copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+
+
+def assert_unchanged(model, opt, saved):
+    model_state, opt_state = saved
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, model_state[key]), key
+    now = opt.state_dict()
+    for index, state in opt_state["state"].items():
+        for key, value in state.items():
+            assert torch.equal(now["state"][index][key], value)
+    return now["line_search"], opt_state["line_search"]
+
+
+@pytest.mark.parametrize("where", ["loss", "gradient"])
+def test_a_non_finite_loss_or_gradient_skips_the_step_and_touches_nothing(cancer, where):
+    model = mlp()
+    opt = SaLSa(model.parameters())
+    train(model, opt, cancer, 12)
+    saved = state_copy(model, opt)
+    xb, yb = next(batches(cancer, 1))
+
+    def poisoned():
+        loss = torch.nn.functional.cross_entropy(model(xb), yb)
+        return loss * float("nan") if where == "loss" else loss
+
+    hook = model[0].bias.register_hook(lambda g: g * float("nan")) if where == "gradient" else None
+    opt.step(poisoned)
+    if hook is not None:
+        hook.remove()
+    now, before = assert_unchanged(model, opt, saved)
+    assert now["skipped_steps"] == before["skipped_steps"] + 1
+    assert {k: v for k, v in now.items() if k not in ("skipped_steps", "training_forwards")} == {
+        k: v for k, v in before.items() if k not in ("skipped_steps", "training_forwards")
+    }
+    train(model, opt, cancer, 5)  # and training goes on
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_non_finite_trial_losses_are_rejected(cancer):
+    model = mlp(dropout=0.0)
+    opt = SaLSa(model.parameters())
+    xb, yb = next(batches(cancer, 1))
+    calls = {"trials": 0}
+
+    def closure():
+        loss = torch.nn.functional.cross_entropy(model(xb), yb)
+        if not torch.is_grad_enabled():
+            calls["trials"] += 1
+            if calls["trials"] <= 3:
+                return loss * float("inf")
+        return loss
+
+    opt.step(closure)
+    assert opt.search.last_backtracks == 3
+    assert opt.search.step_size == pytest.approx(opt.init_step_size * opt.growth * opt.delta**3)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_exhausted_backtracks_leave_the_point_finite_and_unchanged_and_are_counted(cancer):
+    model = mlp(dropout=0.0)
+    opt = SaLSa(model.parameters(), max_backtracks=4)
+    xb, yb = next(batches(cancer, 1))
+    before = [p.detach().clone() for p in model.parameters()]
+
+    def closure():  # every trial point looks worse
+        loss = torch.nn.functional.cross_entropy(model(xb), yb)
+        return loss if torch.is_grad_enabled() else loss + 1.0
+
+    opt.step(closure)
+    assert opt.search.failed_searches == 1 and opt.search.last_backtracks == 4
+    assert opt.search.trial_forwards == 4
+    assert opt.search.step_size == opt.init_step_size
+    for a, b in zip(model.parameters(), before):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_zero_loss_and_zero_gradient_divide_by_nothing():
+    w = torch.nn.Parameter(torch.zeros(3))
+    opt = SaLSa([w])
+    for _ in range(12):
+        opt.step(lambda: (w * 0.0).sum())
+    assert torch.equal(w, torch.zeros(3))
+    assert math.isfinite(opt.search.step_size) and opt.search.skipped_steps == 0
+
+
+def test_counters_match_what_happened(cancer):
+    model = mlp()
+    opt = SaLSa(model.parameters())
+    evaluations = {"with_grad": 0, "trial": 0}
+    for xb, yb in batches(cancer, 50):
+        closure = loss_closure(model, xb, yb)
+
+        def counting():
+            evaluations["with_grad" if torch.is_grad_enabled() else "trial"] += 1
+            return closure()
+
+        opt.step(counting)
+    search = opt.search
+    assert search.training_forwards == evaluations["with_grad"] == 50
+    assert search.trial_forwards == evaluations["trial"]
+    assert search.trial_forwards == search.searches + search.backtracks
+    assert search.extra_forward_fraction == pytest.approx(evaluations["trial"] / 50)
+    assert 1 <= search.interval <= 10
+    assert opt.param_groups[0]["lr"] == search.step_size
+
+
+def test_step_without_closure_points_to_the_trainer():
+    w = torch.nn.Parameter(torch.ones(2))
+    with pytest.raises(RuntimeError, match="SaLSaTrainer"):
+        SaLSa([w]).step()
+
+
+def test_prepare_step_equals_closure_step(cancer):
+    models = [mlp(dropout=0.0), mlp(dropout=0.0)]
+    opts = [SaLSa(m.parameters()) for m in models]
+    for xb, yb in batches(cancer, 15):
+        opts[0].step(loss_closure(models[0], xb, yb))
+        models[1].zero_grad()
+        loss = torch.nn.functional.cross_entropy(models[1](xb), yb)
+        loss.backward()
+        opts[1].prepare_step(loss, loss_closure(models[1], xb, yb))
+        opts[1].step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.equal(a, b)
+
+
+BAD_ARGUMENTS = [
+    ("c", 0.0, "(0, 1)"), ("c", 1.0, "(0, 1)"), ("c", -0.5, "(0, 1)"),
+    ("beta3", 1.0, "[0, 1)"), ("beta3", -0.1, "[0, 1)"),
+    ("delta", 0.0, "(0, 1)"), ("delta", 1.5, "(0, 1)"),
+    ("growth", 0.9, ">= 1"), ("growth", float("inf"), ">= 1"),
+    ("init_step_size", 0.0, "> 0"), ("init_step_size", -1e-3, "> 0"), ("init_step_size", float("nan"), "> 0"),
+    ("max_backtracks", 0, ">= 1"), ("max_backtracks", 2.5, ">= 1"),
+    ("warmup_searches", -1, ">= 0"),
+    ("betas", (1.0, 0.999), "[0, 1)"), ("betas", (0.9, -0.1), "[0, 1)"),
+    ("eps", -1e-8, ">= 0"), ("weight_decay", -0.1, ">= 0"),
+    ("preconditioner", "lion", "'adam', 'sgd'"),
+    ("grow_on", "epoch", "'search', 'step'"),
+    ("search_step", "newton", "'momentum', 'trial'"),
+    ("smoothing", "yes", "True or False"), ("foreach", None, "True or False"),
+]
+
+
+@pytest.mark.parametrize("name, value, allowed", BAD_ARGUMENTS)
+def test_bad_hyperparameters_raise_naming_argument_value_and_range(name, value, allowed):
+    w = torch.nn.Parameter(torch.ones(2))
+    with pytest.raises(ValueError) as err:
+        SaLSa([w], **{name: value})
+    message = str(err.value)
+    assert name.split("[")[0] in message and allowed in message
+    shown = value[0] if name == "betas" and value[0] >= 1 else value[1] if name == "betas" else value
+    assert repr(shown) in message
+
+
+def test_unknown_preset_and_per_group_search_settings_are_refused():
+    w = torch.nn.Parameter(torch.ones(2))
+    with pytest.raises(ValueError, match="'salsa', 'salsa_sgd', 'sls', 'sls_sgd'.*'adamw'"):
+        SaLSa.from_name("adamw", [w])
+    with pytest.raises(ValueError, match=r"\['c'\]"):
+        SaLSa([{"params": [w], "c": 0.5}])
+
+
+def test_presets_are_the_papers_four_optimizers():
+    w = torch.nn.Parameter(torch.ones(2))
+    salsa, salsa_sgd, sls, sls_sgd = (SaLSa.from_name(n, [w]) for n in ("salsa", "salsa_sgd", "sls", "sls_sgd"))
+    assert (salsa.preconditioner, salsa.smoothing, salsa.adaptive_frequency) == ("adam", True, True)
+    assert (salsa_sgd.preconditioner, salsa_sgd.smoothing) == ("sgd", True)
+    assert (sls.preconditioner, sls.beta3, sls.adaptive_frequency, sls.c) == ("adam", 0.0, False, 0.1)
+    assert (sls_sgd.preconditioner, sls_sgd.beta3, sls_sgd.adaptive_frequency) == ("sgd", 0.0, False)
