@@ -1,6 +1,8 @@
 """salsa-hf: SaLSa, the learning-rate-free line-search optimizer, for the Hugging Face Trainer."""
 
 from .optimizer import PRESETS, LineSearchState, SaLSa
+from .trainer import SaLSaTrainer
+from .training_args import SaLSaTrainingArguments
 
-__all__ = ["PRESETS", "LineSearchState", "SaLSa"]
+__all__ = ["PRESETS", "LineSearchState", "SaLSa", "SaLSaTrainer", "SaLSaTrainingArguments"]
 __version__ = "0.1.0"

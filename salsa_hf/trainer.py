@@ -1,0 +1,193 @@
+"""``SaLSaTrainer``: transformers' Trainer with SaLSa's line search in each optimizer step.
+
+The Trainer's loop stays as it is: it runs ``training_step`` on each micro-batch (forward, backward,
+accumulation), clips the gradients, and calls ``optimizer.step()``. This subclass records each
+micro-batch with the random state its forward saw, and on the last one hands SaLSa the step's loss
+and a closure that re-evaluates exactly those micro-batches (same dropout masks, same autocast, same
+loss scaling) at trial parameters. Under several processes both are averaged over the processes, so
+every rank takes the same decision and the replicas stay identical.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import torch
+from torch.optim.lr_scheduler import LRScheduler
+from transformers import Trainer
+
+from .optimizer import SaLSa
+from .rng import RngState
+from .training_args import SaLSaTrainingArguments
+
+LOG_PREFIX = "salsa/"
+
+
+class StepSizeReport(LRScheduler):
+    """The scheduler of a SaLSa run: it schedules nothing and reports SaLSa's current step size."""
+
+    def get_lr(self) -> list[float]:
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+    def get_last_lr(self) -> list[float]:
+        return self.get_lr()
+
+
+class SaLSaTrainer(Trainer):
+    """A ``Trainer`` whose optimizer steps run SaLSa's line search.
+
+    Use it with ``SaLSaTrainingArguments(optim="salsa")`` (or ``salsa_sgd``, ``sls``, ``sls_sgd``),
+    or hand it a ``SaLSa`` instance through ``optimizers=``. With any other optimizer it is the plain
+    ``Trainer``, except that evaluation leaves the training random streams where they were.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # (inputs, num_items_in_batch, random state before its forward) of the current step's micro-batches.
+        self._micro_batches: list[tuple[dict[str, Any], Any, RngState]] = []
+        self._step_loss: torch.Tensor | None = None
+
+    # ---- optimizer and scheduler ----------------------------------------------------------------
+
+    @staticmethod
+    def get_optimizer_cls_and_kwargs(args, model=None):
+        if isinstance(args, SaLSaTrainingArguments) and args.uses_salsa:
+            return SaLSa, args.salsa_kwargs()
+        return Trainer.get_optimizer_cls_and_kwargs(args, model)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None and isinstance(_unwrap(optimizer or self.optimizer), SaLSa):
+            self.lr_scheduler = StepSizeReport(_unwrap(optimizer or self.optimizer))
+            self._created_lr_scheduler = True
+        return super().create_scheduler(num_training_steps, optimizer)
+
+    @property
+    def salsa(self) -> SaLSa | None:
+        """The SaLSa optimizer of this run, or None when another optimizer is in use."""
+        optimizer = _unwrap(self.optimizer)
+        return optimizer if isinstance(optimizer, SaLSa) else None
+
+    # ---- the step ---------------------------------------------------------------------------------
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        salsa = self.salsa
+        if salsa is None:
+            return super().training_step(model, inputs, num_items_in_batch)
+        rng = RngState.capture()
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._micro_batches.append((inputs, num_items_in_batch, rng))
+        self._step_loss = loss if self._step_loss is None else self._step_loss + loss
+        if self.accelerator.sync_gradients:  # the last micro-batch: the optimizer steps next
+            micro_batches, self._micro_batches = self._micro_batches, []
+            step_loss, self._step_loss = self._step_loss, None
+            salsa.prepare_step(self._mean_over_processes(step_loss), self._trial_closure(model, micro_batches))
+        return loss
+
+    def _trial_closure(self, model, micro_batches):
+        after = RngState.capture()
+
+        def evaluate() -> torch.Tensor:
+            total = 0.0
+            for inputs, num_items_in_batch, rng in micro_batches:
+                rng.restore()
+                total = total + self._loss_as_trained(model, inputs, num_items_in_batch)
+            after.restore()  # the training streams go on as if no trial had run
+            return self._mean_over_processes(total)
+
+        return evaluate
+
+    def _loss_as_trained(self, model, inputs, num_items_in_batch) -> torch.Tensor:
+        """The micro-batch loss exactly as ``Trainer.training_step`` computes and scales it."""
+        inputs = self._prepare_inputs(inputs)
+        with self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+        if self.args.n_gpu > 1:
+            loss = loss.mean()
+        scaled_for_accumulation = self.loss_is_scaled_for_ga
+        if scaled_for_accumulation is None:
+            scaled_for_accumulation = (
+                self.model_accepts_loss_kwargs and num_items_in_batch is not None
+            ) or self.compute_loss_func is not None
+        if not scaled_for_accumulation:
+            loss = loss / self.current_gradient_accumulation_steps
+        return loss.detach()
+
+    def _mean_over_processes(self, loss: torch.Tensor) -> torch.Tensor:
+        if self.accelerator.num_processes == 1:
+            return loss
+        return self.accelerator.reduce(loss.detach().clone(), reduction="mean")
+
+    def evaluate(self, *args, **kwargs):
+        # Every DataLoader iterator draws its base seed from torch's global generator, so a plain
+        # Trainer's mid-training evaluation shifts the training dropout masks. Restoring the streams
+        # makes a run with evaluation take exactly the steps of a run without.
+        rng = RngState.capture()
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            rng.restore()
+
+    # ---- logging and the model card ---------------------------------------------------------------
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        salsa = self.salsa
+        if salsa is not None and "loss" in logs:
+            search = salsa.search
+            logs["learning_rate"] = search.step_size
+            logs.update({
+                f"{LOG_PREFIX}step_size": search.step_size,
+                f"{LOG_PREFIX}interval": search.interval,
+                f"{LOG_PREFIX}searches": search.searches,
+                f"{LOG_PREFIX}backtracks": search.backtracks,
+                f"{LOG_PREFIX}extra_forward_fraction": search.extra_forward_fraction,
+                f"{LOG_PREFIX}skipped_steps": search.skipped_steps,
+                f"{LOG_PREFIX}failed_searches": search.failed_searches,
+            })
+        super().log(logs, start_time)
+
+    def create_model_card(self, *args, tags: str | list[str] | None = None, **kwargs) -> None:
+        salsa = self.salsa
+        if salsa is None:
+            return super().create_model_card(*args, tags=tags, **kwargs)
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        tags += [t for t in ("salsa", "line-search") if t not in tags]
+        super().create_model_card(*args, tags=tags, **kwargs)
+        if not self.is_world_process_zero():
+            return
+        path = os.path.join(self.args.output_dir, "README.md")
+        with open(path, encoding="utf-8") as f:
+            card = f.read()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(salsa_model_card(card, salsa, getattr(self.args, "optim", "salsa")))
+
+
+def salsa_model_card(card: str, salsa: SaLSa, name: str) -> str:
+    """The Trainer's card with its learning-rate lines replaced by what SaLSa did."""
+    search = salsa.search
+    optimizer = (
+        f"- optimizer: SaLSa ({name}: {salsa.preconditioner} preconditioner, c={salsa.c}, beta3={salsa.beta3}, "
+        f"delta={salsa.delta}, growth={salsa.growth} per {salsa.grow_on}, init_step_size={salsa.init_step_size}, "
+        f"smoothing={salsa.smoothing}, adaptive_frequency={salsa.adaptive_frequency}, "
+        f"betas={tuple(salsa.defaults['betas'])}, eps={salsa.defaults['eps']})"
+    )
+    card = re.sub(r"^- optimizer: .*?(?=^- |\Z)", optimizer + "\n", card, flags=re.M | re.S)
+    card = re.sub(r"^- learning_rate: .*$", "- learning_rate: none (SaLSa's line search sets the step size)", card, flags=re.M)
+    card = re.sub(r"^- lr_scheduler_(type|warmup_steps): .*\n", "", card, flags=re.M)
+    summary = (
+        "\n### SaLSa line search\n\n"
+        f"- final step size: {search.step_size:.4g}\n"
+        f"- optimizer steps: {search.step} ({search.skipped_steps} skipped for a non-finite loss or gradient)\n"
+        f"- line searches: {search.searches} (search interval at the end: {search.interval} steps; "
+        f"{search.failed_searches} found no acceptable step)\n"
+        f"- backtracks: {search.backtracks}\n"
+        f"- extra compute: {search.extra_forward_fraction:.1%} extra forward passes over the training forwards\n"
+    )
+    marker = "\n### Framework versions"
+    return card.replace(marker, summary + marker, 1) if marker in card else card + summary
+
+
+def _unwrap(optimizer):
+    """The optimizer inside accelerate's wrapper, if any."""
+    return getattr(optimizer, "optimizer", optimizer)

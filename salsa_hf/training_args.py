@@ -1,0 +1,89 @@
+"""``SaLSaTrainingArguments``: ``TrainingArguments`` whose ``optim`` also accepts the SaLSa optimizers."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from transformers import TrainingArguments
+from transformers.training_args import OptimizerNames
+
+from .optimizer import PRESETS
+
+SALSA_OPTIMIZERS = tuple(PRESETS)
+ALL_OPTIMIZERS = SALSA_OPTIMIZERS + tuple(name.value for name in OptimizerNames)
+
+# TrainingArguments fields that a SaLSa run does not use, with their defaults (to tell "set").
+_SCHEDULE_FIELDS = {"learning_rate": 5e-5, "lr_scheduler_type": "linear", "warmup_steps": 0}
+
+
+def _salsa_field(default_text: str, help_text: str, **kwargs) -> Any:
+    # None means "the preset's value": the sls presets differ from SaLSa's defaults in c.
+    return field(default=None, metadata={"help": f"{help_text} Default: {default_text}."}, **kwargs)
+
+
+@dataclass
+class SaLSaTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus the SaLSa optimizers and their settings.
+
+    ``optim`` accepts ``salsa`` (SaLSa with Adam), ``salsa_sgd``, ``sls`` and ``sls_sgd`` (plain
+    stochastic Armijo) besides every optimizer ``TrainingArguments`` knows, so one script compares
+    them all. Adam's ``adam_beta1/2``, ``adam_epsilon`` and ``weight_decay`` are shared with AdamW.
+    ``learning_rate``, ``lr_scheduler_type`` and ``warmup_steps`` are not used by SaLSa.
+    """
+
+    optim: str = field(
+        default="salsa",
+        metadata={"help": "The optimizer to use.", "choices": list(ALL_OPTIMIZERS)},
+    )
+    salsa_c: float | None = _salsa_field("0.3 (0.1 for sls, sls_sgd)", "Armijo constant, in (0, 1).")
+    salsa_beta3: float | None = _salsa_field("0.99 (unused by sls, sls_sgd)", "Smoothing of the Armijo test, in [0, 1).")
+    salsa_delta: float | None = _salsa_field("0.8", "Backtracking factor, in (0, 1).")
+    salsa_growth: float | None = _salsa_field("1.1", "Step-size growth factor, >= 1.")
+    salsa_grow_on: str | None = _salsa_field("search", "When the step size grows: 'search' or 'step'.")
+    salsa_init_step_size: float | None = _salsa_field("0.01", "First trial step size, > 0.")
+    salsa_max_backtracks: int | None = _salsa_field("60", "Trials per line search, >= 1.")
+    salsa_warmup_searches: int | None = _salsa_field("10", "The first this many steps always search.")
+    salsa_search_step: str | None = _salsa_field(
+        "momentum", "Step taken on a search step: 'momentum' (Adam step) or 'trial' (the accepted trial point)."
+    )
+
+    def __post_init__(self):
+        if self.optim not in ALL_OPTIMIZERS:
+            raise ValueError(f"optim {self.optim!r} is not known; choose one of: {', '.join(ALL_OPTIMIZERS)}")
+        if self.optim not in SALSA_OPTIMIZERS:
+            super().__post_init__()
+            return
+        ignored = [name for name, default in _SCHEDULE_FIELDS.items() if getattr(self, name) != default]
+        if ignored:
+            warnings.warn(
+                f"{', '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} not used with optim="
+                f"{self.optim!r}: SaLSa's line search sets the step size, and no schedule applies.",
+                UserWarning,
+                stacklevel=3,
+            )
+        # TrainingArguments only knows its own optimizer names; validate with one, keep ours.
+        name, self.optim = self.optim, OptimizerNames.ADAMW_TORCH.value
+        try:
+            super().__post_init__()
+        finally:
+            self.optim = name
+
+    @property
+    def uses_salsa(self) -> bool:
+        return self.optim in SALSA_OPTIMIZERS
+
+    def salsa_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``SaLSa``: the preset, Adam's settings, and every field that is set."""
+        overrides = {
+            f.name.removeprefix("salsa_"): getattr(self, f.name)
+            for f in fields(self)
+            if f.name.startswith("salsa_") and getattr(self, f.name) is not None
+        }
+        return {
+            **PRESETS[self.optim],
+            "betas": (self.adam_beta1, self.adam_beta2),
+            "eps": self.adam_epsilon,
+            **overrides,
+        }

@@ -1,0 +1,281 @@
+"""SaLSaTrainer inside transformers' Trainer: small models from configs, real MRPC rows."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import DataCollatorWithPadding, HfArgumentParser, Trainer, TrainingArguments
+
+from salsa_hf import SaLSa, SaLSaTrainer, SaLSaTrainingArguments
+
+from .conftest import REPO
+
+SALSA_NAMES = ["salsa", "salsa_sgd", "sls", "sls_sgd"]
+
+
+def make_trainer(tmp_path, model, train, tokenizer, trainer_cls=SaLSaTrainer, optimizers=(None, None),
+                 eval_dataset=None, **overrides):
+    settings = dict(
+        output_dir=str(tmp_path / "out"), max_steps=8, per_device_train_batch_size=8, logging_steps=4,
+        report_to=[], save_strategy="no", use_cpu=True, seed=0, data_seed=0, disable_tqdm=True,
+    )
+    settings.update(overrides)
+    args_cls = SaLSaTrainingArguments if issubclass(trainer_cls, SaLSaTrainer) else TrainingArguments
+    return trainer_cls(
+        model=model, args=args_cls(**settings), train_dataset=train, eval_dataset=eval_dataset,
+        data_collator=DataCollatorWithPadding(tokenizer), optimizers=optimizers,
+    )
+
+
+def params_of(model):
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def assert_same_params(a, b, **tolerance):
+    assert a.keys() == b.keys()
+    for name in a:
+        if tolerance:
+            torch.testing.assert_close(a[name], b[name], **tolerance, msg=name)
+        else:
+            assert torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.parametrize("optim", SALSA_NAMES + ["adamw_torch"])
+def test_every_optim_name_trains_and_logs(tmp_path, make_bert, mrpc_train, bert_tokenizer, optim):
+    model = make_bert()
+    start = params_of(model)
+    trainer = make_trainer(tmp_path, model, mrpc_train, bert_tokenizer, optim=optim)
+    result = trainer.train()
+    assert torch.isfinite(torch.tensor(result.training_loss))
+    assert any(not torch.equal(start[n], p) for n, p in model.named_parameters())
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 2
+    if optim == "adamw_torch":
+        assert trainer.salsa is None and not any(k.startswith("salsa/") for k in logs[-1])
+        return
+    salsa = trainer.salsa
+    assert isinstance(salsa, SaLSa) and salsa.search.step == 8
+    last = logs[-1]
+    for key in ("step_size", "interval", "searches", "backtracks", "extra_forward_fraction",
+                "skipped_steps", "failed_searches"):
+        assert f"salsa/{key}" in last
+    assert last["learning_rate"] == last["salsa/step_size"] == salsa.search.step_size
+    assert last["salsa/searches"] == salsa.search.searches >= 4
+    assert last["salsa/extra_forward_fraction"] == pytest.approx(salsa.search.trial_forwards / 8)
+
+
+def test_trial_closure_reproduces_the_trainers_loss_exactly(tmp_path, make_bert, mrpc_train, bert_tokenizer):
+    """Same micro-batches, dropout masks and scaling: the replay at the current point is bit-identical."""
+    trainer = make_trainer(tmp_path, make_bert(dropout=0.3), mrpc_train, bert_tokenizer,
+                           max_steps=4, gradient_accumulation_steps=3, per_device_train_batch_size=4)
+    checked = []
+    trainer.create_optimizer()
+    salsa = trainer.salsa
+    original = salsa.prepare_step
+
+    def checking_prepare(loss, evaluate):
+        before = torch.get_rng_state()
+        with torch.no_grad():
+            replay = evaluate()
+        assert torch.equal(torch.get_rng_state(), before)  # the replay leaves the streams alone
+        checked.append((loss.item(), replay.item()))
+        original(loss, evaluate)
+
+    salsa.prepare_step = checking_prepare
+    trainer.train()
+    assert len(checked) == 4
+    assert all(loss == replay for loss, replay in checked)
+
+
+def test_accumulation_gives_the_result_of_the_whole_batch(tmp_path, make_bert, mrpc_train, bert_tokenizer):
+    results = []
+    for batch, accumulation in ((16, 1), (8, 2)):
+        model = make_bert(dropout=0.0)
+        # transformers 5.x: BERT's classification loss is a batch mean that ignores num_items_in_batch,
+        # yet its forward takes **kwargs, so the Trainer would not divide it by the accumulation steps.
+        model.accepts_loss_kwargs = False
+        trainer = make_trainer(tmp_path, model, mrpc_train, bert_tokenizer, max_steps=6,
+                               per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation)
+        trainer.train()
+        results.append((params_of(model), trainer.salsa.search))
+    (params16, search16), (params8x2, search8x2) = results
+    assert_same_params(params16, params8x2, rtol=1e-4, atol=1e-5)
+    assert search16.searches == search8x2.searches and search16.backtracks == search8x2.backtracks
+    assert search16.step_size == pytest.approx(search8x2.step_size, rel=1e-9)
+
+
+def test_resume_from_checkpoint_is_bit_identical(tmp_path, make_bert, mrpc_train, bert_tokenizer):
+    settings = dict(max_steps=12, save_strategy="steps", save_steps=6, gradient_accumulation_steps=2,
+                    per_device_train_batch_size=4)
+    straight_model = make_bert(dropout=0.2)
+    straight = make_trainer(tmp_path / "a", straight_model, mrpc_train, bert_tokenizer, **settings)
+    straight.train()
+
+    resumed_model = make_bert(dropout=0.2, seed=1)
+    resumed = make_trainer(tmp_path / "a", resumed_model, mrpc_train, bert_tokenizer, **settings)
+    checkpoint = tmp_path / "a" / "out" / "checkpoint-6"
+    state = torch.load(checkpoint / "optimizer.pt", weights_only=False)
+    assert state["line_search"]["step"] == 6
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert_same_params(params_of(straight_model), params_of(resumed_model))
+    assert resumed.salsa.search == straight.salsa.search
+
+
+def test_mid_training_evaluation_changes_nothing(tmp_path, make_bert, mrpc_train, bert_tokenizer):
+    results = []
+    for eval_strategy in ("no", "steps"):
+        model = make_bert(dropout=0.3)
+        trainer = make_trainer(tmp_path, model, mrpc_train, bert_tokenizer, max_steps=8,
+                               eval_strategy=eval_strategy, eval_steps=3, per_device_eval_batch_size=16,
+                               eval_dataset=mrpc_train.select(range(32)))
+        trainer.train()
+        results.append((params_of(model), trainer.salsa.search, trainer.state.log_history))
+    (plain, plain_search, _), (evaluated, evaluated_search, history) = results
+    assert any("eval_loss" in entry for entry in history)
+    assert_same_params(plain, evaluated)
+    assert plain_search == evaluated_search
+
+
+def test_frozen_parameters_stay_frozen(tmp_path, make_bert, mrpc_train, bert_tokenizer):
+    model = make_bert()
+    for p in model.bert.embeddings.parameters():
+        p.requires_grad_(False)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trainer = make_trainer(tmp_path, model, mrpc_train, bert_tokenizer)
+    trainer.train()
+    for name, p in model.named_parameters():
+        if name in frozen:
+            assert torch.equal(p, frozen[name]), name
+    assert all(p.requires_grad for p in trainer.salsa.state)
+    assert trainer.salsa.search.step == 8
+
+
+def test_bf16_autocast_on_cpu(tmp_path, make_bert, mrpc_train, bert_tokenizer):
+    trainer = make_trainer(tmp_path, make_bert(dropout=0.1), mrpc_train, bert_tokenizer, bf16=True)
+    checked = []
+    trainer.create_optimizer()
+    original = trainer.salsa.prepare_step
+
+    def checking_prepare(loss, evaluate):
+        with torch.no_grad():
+            checked.append(loss.item() == evaluate().item())
+        original(loss, evaluate)
+
+    trainer.salsa.prepare_step = checking_prepare
+    trainer.train()
+    assert checked == [True] * 8  # the trials run under the same bf16 autocast as training
+    assert trainer.salsa.search.step == 8
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 with a gradient scaler needs CUDA")
+def test_fp16_scaler_skips_leave_salsa_untouched(tmp_path, make_bert, mrpc_train, bert_tokenizer):
+    model = make_bert().cuda()
+    trainer = make_trainer(tmp_path, model, mrpc_train, bert_tokenizer, fp16=True, use_cpu=False, max_steps=12)
+    trainer.train()
+    search = trainer.salsa.search
+    skipped_by_scaler = 12 - search.step - search.skipped_steps
+    assert search.training_forwards == search.step + search.skipped_steps  # a scaler skip never reached SaLSa
+    assert skipped_by_scaler >= 0 and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_users_scheduler_cannot_change_the_step(tmp_path, make_bert, mrpc_train, bert_tokenizer):
+    model = make_bert()
+    salsa = SaLSa(model.parameters())
+    zero_lr = torch.optim.lr_scheduler.LambdaLR(salsa, lambda step: 0.0)
+    start = params_of(model)
+    trainer = make_trainer(tmp_path, model, mrpc_train, bert_tokenizer, optimizers=(salsa, zero_lr))
+    trainer.train()
+    assert salsa.search.step_size > 0
+    assert all(not torch.equal(start[n], p) for n, p in model.named_parameters() if "classifier" in n)
+
+
+def test_model_card_names_salsa(tmp_path, make_bert, mrpc_train, bert_tokenizer):
+    trainer = make_trainer(tmp_path, make_bert(), mrpc_train, bert_tokenizer)
+    trainer.train()
+    trainer.create_model_card(model_name="tiny-mrpc")
+    card = (tmp_path / "out" / "README.md").read_text()
+    header = card.split("---")[1]
+    assert "- salsa" in header and "- line-search" in header
+    assert "- optimizer: SaLSa (salsa: adam preconditioner, c=0.3" in card
+    assert "learning_rate: none" in card and "lr_scheduler_type" not in card
+    search = trainer.salsa.search
+    assert f"- final step size: {search.step_size:.4g}" in card
+    assert f"- line searches: {search.searches} (search interval at the end: {search.interval} steps" in card
+    assert f"{search.extra_forward_fraction:.1%} extra forward passes" in card
+
+
+def test_a_salsa_optimizer_in_a_plain_trainer_fails_pointing_to_salsatrainer(
+    tmp_path, make_bert, mrpc_train, bert_tokenizer
+):
+    model = make_bert()
+    trainer = make_trainer(tmp_path, model, mrpc_train, bert_tokenizer, trainer_cls=Trainer,
+                           optimizers=(SaLSa(model.parameters()), None))
+    with pytest.raises(RuntimeError, match="SaLSaTrainer"):
+        trainer.train()
+
+
+def test_unknown_optim_lists_every_choice(tmp_path):
+    with pytest.raises(ValueError) as err:
+        SaLSaTrainingArguments(output_dir=str(tmp_path), optim="adam_salsa")
+    message = str(err.value)
+    assert "'adam_salsa'" in message
+    for name in SALSA_NAMES + ["adamw_torch", "schedule_free_adamw", "sgd"]:
+        assert name in message
+
+
+def test_optim_from_command_line_and_json(tmp_path, capsys):
+    parser = HfArgumentParser(SaLSaTrainingArguments)
+    (args,) = parser.parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--optim", "salsa_sgd", "--salsa_c", "0.5", "--use_cpu", "true"]
+    )
+    assert args.optim == "salsa_sgd" and args.salsa_kwargs()["c"] == 0.5
+    assert args.salsa_kwargs()["preconditioner"] == "sgd"
+
+    config = tmp_path / "args.json"
+    config.write_text(json.dumps({"output_dir": str(tmp_path), "optim": "sls", "adam_beta1": 0.8, "use_cpu": True}))
+    (args,) = parser.parse_json_file(str(config))
+    kwargs = args.salsa_kwargs()
+    assert (kwargs["c"], kwargs["smoothing"], kwargs["betas"]) == (0.1, False, (0.8, 0.999))
+
+    with pytest.raises(SystemExit):
+        parser.parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--optim", "salsaa"])
+    assert "invalid choice: 'salsaa'" in capsys.readouterr().err
+    config.write_text(json.dumps({"output_dir": str(tmp_path), "optim": "salsaa"}))
+    with pytest.raises(ValueError, match="'salsaa' is not known"):
+        parser.parse_json_file(str(config))
+
+
+def test_schedule_settings_warn_that_salsa_ignores_them(tmp_path):
+    with pytest.warns(UserWarning, match="learning_rate, warmup_steps are not used with optim='salsa'"):
+        SaLSaTrainingArguments(output_dir=str(tmp_path), optim="salsa", learning_rate=1e-3, warmup_steps=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SaLSaTrainingArguments(output_dir=str(tmp_path), optim="salsa")
+        SaLSaTrainingArguments(output_dir=str(tmp_path), optim="adamw_torch", learning_rate=1e-3)
+
+
+def test_bad_salsa_settings_fail_naming_the_value(tmp_path, make_bert, mrpc_train, bert_tokenizer):
+    trainer = make_trainer(tmp_path, make_bert(), mrpc_train, bert_tokenizer, salsa_c=1.5)
+    with pytest.raises(ValueError, match=r"c must be in \(0, 1\), got 1.5"):
+        trainer.train()
+
+
+def test_two_processes_keep_identical_replicas(tmp_path, shared_data):
+    """DDP over gloo with 2 CPU processes: every rank accepts the same step sizes."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+               str(Path(__file__).parent / "ddp_train.py"), str(tmp_path), str(shared_data)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert rank0["world_size"] == rank1["world_size"] == 2
+    assert rank0["search"] == rank1["search"] and rank0["search"]["searches"] >= 5
+    assert_same_params(rank0["params"], rank1["params"])
+    assert rank0["local_losses"] != rank1["local_losses"]  # each rank saw its own data, yet they agree
