@@ -61,7 +61,10 @@ def parse_config_and_flags(parser: HfArgumentParser, argv: list[str] | None = No
         if unknown:
             raise UsageError(f"config file {str(path)!r} names unknown fields {unknown}; every field is listed by --help")
         parser.set_defaults(**config)
-    return parser.parse_args_into_dataclasses(args=argv)
+    try:
+        return parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as err:  # a field's own check (an unknown optim, a bad value, ...)
+        raise UsageError(str(err)) from err
 
 
 def run_or_exit(main) -> None:

@@ -191,16 +191,18 @@ def main() -> None:
         texts = (batch[sentence1],) if sentence2 is None else (batch[sentence1], batch[sentence2])
         encoded = tokenizer(*texts, padding=padding, max_length=max_seq_length, truncation=True)
         if label_to_id is not None and "label" in batch:
-            encoded["label"] = [label_to_id.get(label, -1) for label in batch["label"]]
+            encoded["labels"] = [label_to_id.get(label, -1) for label in batch["label"]]
         return encoded
 
     def take(split: str, limit: int | None):
         dataset = raw[split]
         if limit is not None:
             dataset = dataset.select(range(min(limit, len(dataset))))
+        # Mapped labels go to a new "labels" column: datasets would cast ids back to the old type.
+        relabelled = ["label"] if label_to_id is not None and "label" in dataset.column_names else []
         with training_args.main_process_first(desc=f"tokenizing {split}"):
             return dataset.map(preprocess, batched=True, num_proc=data_args.preprocessing_num_workers,
-                               desc=f"Tokenizing {split}")
+                               remove_columns=relabelled, desc=f"Tokenizing {split}")
 
     validation_split = GLUE_TASKS[data_args.task_name].validation_split if data_args.task_name else "validation"
     train_dataset = take("train", data_args.max_train_samples) if training_args.do_train else None
@@ -245,7 +247,8 @@ def main() -> None:
         trainer.save_metrics("eval", eval_metrics)
 
     if training_args.do_predict:
-        predict_dataset = predict_dataset.remove_columns([c for c in ("label",) if c in predict_dataset.column_names])
+        predict_dataset = predict_dataset.remove_columns(
+            [c for c in ("label", "labels") if c in predict_dataset.column_names])
         logits = trainer.predict(predict_dataset, metric_key_prefix="predict").predictions
         predicted = np.squeeze(logits) if is_regression else np.argmax(logits, axis=1)
         if trainer.is_world_process_zero():
