@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser
+import transformers
+from transformers import HfArgumentParser, set_seed
 
 
 class UsageError(ValueError):
@@ -65,6 +67,40 @@ def parse_config_and_flags(parser: HfArgumentParser, argv: list[str] | None = No
         return parser.parse_args_into_dataclasses(args=argv)
     except ValueError as err:  # a field's own check (an unknown optim, a bad value, ...)
         raise UsageError(str(err)) from err
+
+
+def parse_and_set_up(dataclass_types: tuple, logger: logging.Logger) -> tuple:
+    """Parse the config and flags, set up logging as transformers' examples do, and seed."""
+    arguments = parse_config_and_flags(HfArgumentParser(dataclass_types))
+    training_args = arguments[-1]
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+                        handlers=[logging.StreamHandler(sys.stdout)])
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    set_seed(training_args.seed)
+    return arguments
+
+
+def train_and_save(trainer, train_dataset) -> None:
+    """Train, then save the model, train_results.json and trainer_state.json (the log history)."""
+    result = trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
+    trainer.save_model()
+    metrics = {**result.metrics, "train_samples": len(train_dataset)}
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+
+
+def evaluate_and_save(trainer, eval_dataset, derived=None) -> dict:
+    """Evaluate, add what ``derived(metrics)`` returns, save eval_results.json; return the metrics."""
+    metrics = trainer.evaluate(eval_dataset=eval_dataset)
+    metrics["eval_samples"] = len(eval_dataset)
+    if derived is not None:
+        metrics.update(derived(metrics))
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    return metrics
 
 
 def run_or_exit(main) -> None:

@@ -14,24 +14,27 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 
-import transformers
 from datasets import DatasetDict, load_dataset
 from transformers import (
     CONFIG_MAPPING,
-    AutoConfig,
     AutoModelForCausalLM,
-    HfArgumentParser,
     default_data_collator,
-    set_seed,
 )
 
 from salsa_hf import SaLSaTrainer, SaLSaTrainingArguments
-from salsa_hf.cli import ModelArguments, UsageError, parse_config_and_flags, print_summary, run_or_exit
+from salsa_hf.cli import (
+    ModelArguments,
+    UsageError,
+    evaluate_and_save,
+    parse_and_set_up,
+    print_summary,
+    run_or_exit,
+    train_and_save,
+)
 from salsa_hf.local_models import load_tokenizer, resolve_model_path
 
 logger = logging.getLogger(__name__)
@@ -129,14 +132,13 @@ def build_model(model_args: CausalModelArguments, hub: dict):
     return AutoModelForCausalLM.from_config(config, trust_remote_code=model_args.trust_remote_code)
 
 
+def perplexity(metrics: dict) -> dict:
+    """exp(eval loss), saved beside it."""
+    return {"perplexity": math.exp(metrics["eval_loss"]) if metrics["eval_loss"] < 700 else math.inf}
+
+
 def main() -> None:
-    parser = HfArgumentParser((CausalModelArguments, DataTrainingArguments, SaLSaTrainingArguments))
-    model_args, data_args, training_args = parse_config_and_flags(parser)
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)])
-    log_level = training_args.get_process_log_level()
-    logger.setLevel(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
-    set_seed(training_args.seed)
+    model_args, data_args, training_args = parse_and_set_up((CausalModelArguments, DataTrainingArguments, SaLSaTrainingArguments), logger)
 
     raw = load_raw_texts(data_args, model_args)
     if training_args.do_train and "train" not in raw:
@@ -181,20 +183,9 @@ def main() -> None:
                            processing_class=tokenizer, data_collator=default_data_collator)
 
     if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        trainer.save_model()
-        metrics = {**result.metrics, "train_samples": len(train_dataset)}
-        trainer.log_metrics("train", metrics)
-        trainer.save_metrics("train", metrics)
-        trainer.save_state()
+        train_and_save(trainer, train_dataset)
 
-    eval_metrics = {}
-    if training_args.do_eval:
-        eval_metrics = trainer.evaluate()
-        eval_metrics["eval_samples"] = len(eval_dataset)
-        eval_metrics["perplexity"] = math.exp(eval_metrics["eval_loss"]) if eval_metrics["eval_loss"] < 700 else math.inf
-        trainer.log_metrics("eval", eval_metrics)
-        trainer.save_metrics("eval", eval_metrics)
+    eval_metrics = evaluate_and_save(trainer, eval_dataset, perplexity) if training_args.do_eval else {}
 
     if training_args.do_train:
         card = {"finetuned_from": model_args.model_name_or_path, "tasks": "text-generation"}

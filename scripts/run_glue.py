@@ -14,24 +14,28 @@ config as the first argument (any flag after it overrides it), or flags alone:
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import transformers
 from datasets import ClassLabel, DatasetDict, load_dataset
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
     DataCollatorWithPadding,
-    HfArgumentParser,
     default_data_collator,
-    set_seed,
 )
 
 from salsa_hf import SaLSaTrainer, SaLSaTrainingArguments
-from salsa_hf.cli import ModelArguments, UsageError, parse_config_and_flags, print_summary, run_or_exit
+from salsa_hf.cli import (
+    ModelArguments,
+    UsageError,
+    evaluate_and_save,
+    parse_and_set_up,
+    print_summary,
+    run_or_exit,
+    train_and_save,
+)
 from salsa_hf.glue import GLUE_TASKS, MAIN_METRIC, glue_metrics
 from salsa_hf.local_models import load_tokenizer, resolve_model_path
 
@@ -144,13 +148,7 @@ def check_labels(raw: DatasetDict, num_labels: int, is_regression: bool, label_t
 
 
 def main() -> None:
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, SaLSaTrainingArguments))
-    model_args, data_args, training_args = parse_config_and_flags(parser)
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)])
-    log_level = training_args.get_process_log_level()
-    logger.setLevel(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
-    set_seed(training_args.seed)
+    model_args, data_args, training_args = parse_and_set_up((ModelArguments, DataTrainingArguments, SaLSaTrainingArguments), logger)
 
     raw = load_raw_datasets(data_args, model_args)
     for needed, split in ((training_args.do_train, "train"), (training_args.do_predict, "test")):
@@ -232,19 +230,9 @@ def main() -> None:
     )
 
     if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        trainer.save_model()
-        metrics = {**result.metrics, "train_samples": len(train_dataset)}
-        trainer.log_metrics("train", metrics)
-        trainer.save_metrics("train", metrics)
-        trainer.save_state()
+        train_and_save(trainer, train_dataset)
 
-    eval_metrics = {}
-    if training_args.do_eval:
-        eval_metrics = trainer.evaluate(eval_dataset=eval_dataset)
-        eval_metrics["eval_samples"] = len(eval_dataset)
-        trainer.log_metrics("eval", eval_metrics)
-        trainer.save_metrics("eval", eval_metrics)
+    eval_metrics = evaluate_and_save(trainer, eval_dataset) if training_args.do_eval else {}
 
     if training_args.do_predict:
         predict_dataset = predict_dataset.remove_columns(

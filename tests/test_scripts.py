@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from transformers import HfArgumentParser
 
 from salsa_hf.cli import parse_config_and_flags, run_or_exit
 
@@ -111,7 +112,7 @@ def test_sentence_pair_tsv_with_string_labels(tmp_path, mrpc_rows, bert_tokenize
 def test_every_config_parses(config, shared_data, monkeypatch):
     monkeypatch.chdir(REPO)  # the offline data paths are relative to the repository root
     script = load_script("run_clm" if "gpt2" in config else "run_glue")
-    parser = script.HfArgumentParser(
+    parser = HfArgumentParser(
         (script.CausalModelArguments if "gpt2" in config else script.ModelArguments,
          script.DataTrainingArguments, script.SaLSaTrainingArguments))
     model_args, data_args, training_args = parse_config_and_flags(parser, [str(CONFIGS / config)])
@@ -129,7 +130,7 @@ def test_every_config_parses(config, shared_data, monkeypatch):
 def test_flags_override_the_config(monkeypatch):
     monkeypatch.chdir(REPO)
     script = load_script("run_glue")
-    parser = script.HfArgumentParser((script.ModelArguments, script.DataTrainingArguments, script.SaLSaTrainingArguments))
+    parser = HfArgumentParser((script.ModelArguments, script.DataTrainingArguments, script.SaLSaTrainingArguments))
     _, data_args, training_args = parse_config_and_flags(
         parser, ["glue_configs/mrpc.json", "--max_steps", "50", "--optim", "sls", "--max_seq_length", "64"])
     assert (training_args.max_steps, training_args.optim, data_args.max_seq_length) == (50, "sls", 64)
