@@ -106,8 +106,8 @@ class SaLSa(Optimizer):
         smoothing: False gives the plain Armijo test (``beta3 = 0``).
         adaptive_frequency: False searches on every step.
         warmup_searches: the first this many steps always search.
-        grow_on: ``"search"`` multiplies the step size by ``growth`` before each search (the
-            authors' pip package); ``"step"`` on every step (their ``AdamSLS``).
+        grow_on: ``"step"`` multiplies the step size by ``growth`` on every step (the authors'
+            ``AdamSLS``, the paper's runs); ``"search"`` before each search (their pip package).
         search_step: on a search step, ``"momentum"`` takes the Adam/momentum step with the step
             size found (``AdamSLS``, the paper's runs); ``"trial"`` keeps the accepted trial point
             along the gradient direction (the pip package).
@@ -120,11 +120,11 @@ class SaLSa(Optimizer):
         params,
         *,
         preconditioner: str = "adam",
-        c: float = 0.3,
+        c: float = 0.85,
         beta3: float = 0.99,
-        delta: float = 0.8,
-        growth: float = 1.1,
-        init_step_size: float = 1e-2,
+        delta: float = 0.9,
+        growth: float = 2 ** (1 / 500),
+        init_step_size: float = 1e-3,
         max_backtracks: int = 60,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
@@ -132,7 +132,7 @@ class SaLSa(Optimizer):
         smoothing: bool = True,
         adaptive_frequency: bool = True,
         warmup_searches: int = 10,
-        grow_on: str = "search",
+        grow_on: str = "step",
         search_step: str = "momentum",
         foreach: bool = True,
     ):
@@ -263,12 +263,12 @@ class SaLSa(Optimizer):
         search = self.search
         search.training_forwards += 1
         search.last_searched, search.last_backtracks = False, 0
-        groups = self._active_groups()
-        grads = [g for group in groups for g in group["grads"]]
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
         loss_value = float(loss)
         if not math.isfinite(loss_value) or not F.all_finite(grads):
-            search.skipped_steps += 1  # nothing else is touched: the step never happened
+            search.skipped_steps += 1  # nothing else is touched, not even new state: the step never happened
             return loss
+        groups = self._active_groups()
 
         search.step += 1
         if self.grow_on == "step":

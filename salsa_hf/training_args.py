@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 from transformers import TrainingArguments
 from transformers.training_args import OptimizerNames
 
-from .optimizer import PRESETS
+from .optimizer import PRESETS, SaLSa
 
 SALSA_OPTIMIZERS = tuple(PRESETS)
 ALL_OPTIMIZERS = SALSA_OPTIMIZERS + tuple(name.value for name in OptimizerNames)
@@ -18,9 +19,13 @@ ALL_OPTIMIZERS = SALSA_OPTIMIZERS + tuple(name.value for name in OptimizerNames)
 _SCHEDULE_FIELDS = {"learning_rate": 5e-5, "lr_scheduler_type": "linear", "warmup_steps": 0}
 
 
-def _salsa_field(default_text: str, help_text: str, **kwargs) -> Any:
-    # None means "the preset's value": the sls presets differ from SaLSa's defaults in c.
-    return field(default=None, metadata={"help": f"{help_text} Default: {default_text}."}, **kwargs)
+def _salsa_field(name: str, help_text: str) -> Any:
+    """A field for SaLSa's argument ``name``; None means "the preset's value", stated in the help."""
+    default = inspect.signature(SaLSa).parameters[name].default
+    differing = {preset: values[name] for preset, values in PRESETS.items() if name in values}
+    others = ", ".join(f"{value!r} for {preset}" for preset, value in differing.items())
+    text = f"{help_text} Default: {default!r}" + (f" ({others})" if others else "") + "."
+    return field(default=None, metadata={"help": text})
 
 
 @dataclass
@@ -37,16 +42,16 @@ class SaLSaTrainingArguments(TrainingArguments):
         default="salsa",
         metadata={"help": "The optimizer to use.", "choices": list(ALL_OPTIMIZERS)},
     )
-    salsa_c: float | None = _salsa_field("0.3 (0.1 for sls, sls_sgd)", "Armijo constant, in (0, 1).")
-    salsa_beta3: float | None = _salsa_field("0.99 (unused by sls, sls_sgd)", "Smoothing of the Armijo test, in [0, 1).")
-    salsa_delta: float | None = _salsa_field("0.8", "Backtracking factor, in (0, 1).")
-    salsa_growth: float | None = _salsa_field("1.1", "Step-size growth factor, >= 1.")
-    salsa_grow_on: str | None = _salsa_field("search", "When the step size grows: 'search' or 'step'.")
-    salsa_init_step_size: float | None = _salsa_field("0.01", "First trial step size, > 0.")
-    salsa_max_backtracks: int | None = _salsa_field("60", "Trials per line search, >= 1.")
-    salsa_warmup_searches: int | None = _salsa_field("10", "The first this many steps always search.")
+    salsa_c: float | None = _salsa_field("c", "Armijo constant, in (0, 1).")
+    salsa_beta3: float | None = _salsa_field("beta3", "Smoothing of the Armijo test, in [0, 1).")
+    salsa_delta: float | None = _salsa_field("delta", "Backtracking factor, in (0, 1).")
+    salsa_growth: float | None = _salsa_field("growth", "Step-size growth factor, >= 1.")
+    salsa_grow_on: str | None = _salsa_field("grow_on", "When the step size grows: 'search' or 'step'.")
+    salsa_init_step_size: float | None = _salsa_field("init_step_size", "First trial step size, > 0.")
+    salsa_max_backtracks: int | None = _salsa_field("max_backtracks", "Trials per line search, >= 1.")
+    salsa_warmup_searches: int | None = _salsa_field("warmup_searches", "The first this many steps always search.")
     salsa_search_step: str | None = _salsa_field(
-        "momentum", "Step taken on a search step: 'momentum' (Adam step) or 'trial' (the accepted trial point)."
+        "search_step", "Step taken on a search step: 'momentum' (Adam step) or 'trial' (the accepted trial point)."
     )
 
     def __post_init__(self):

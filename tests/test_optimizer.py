@@ -348,6 +348,14 @@ def test_a_non_finite_loss_or_gradient_skips_the_step_and_touches_nothing(cancer
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_a_non_finite_first_step_creates_no_state(cancer):
+    model = mlp()
+    opt = SaLSa(model.parameters())
+    xb, yb = next(batches(cancer, 1))
+    opt.step(lambda: torch.nn.functional.cross_entropy(model(xb), yb) * float("inf"))
+    assert len(opt.state) == 0 and opt.search.step == 0 and opt.search.skipped_steps == 1
+
+
 def test_non_finite_trial_losses_are_rejected(cancer):
     model = mlp(dropout=0.0)
     opt = SaLSa(model.parameters())
@@ -381,7 +389,8 @@ def test_exhausted_backtracks_leave_the_point_finite_and_unchanged_and_are_count
     opt.step(closure)
     assert opt.search.failed_searches == 1 and opt.search.last_backtracks == 4
     assert opt.search.trial_forwards == 4
-    assert opt.search.step_size == opt.init_step_size
+    grown_per_step = opt.growth if opt.grow_on == "step" else 1.0
+    assert opt.search.step_size == opt.init_step_size * grown_per_step  # unchanged by the failed search
     for a, b in zip(model.parameters(), before):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 

@@ -207,3 +207,13 @@ def test_run_clm_bad_input(tmp_path, capsys, shared_data, monkeypatch):
                                "--tokenizer_name", str(shared_data / "gpt2-tokenizer"),
                                "--train_file", str(shared_data / "text/tinyshakespeare.txt"), *out)
     assert "n_layr" in err
+
+
+def test_optimizer_benchmark_runs_and_state_is_no_larger_than_adamw(tmp_path):
+    figures_file = tmp_path / "bench.json"
+    done = run("bench_optimizer", "--steps", "12", "--json", str(figures_file))
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(figures_file.read_text())
+    assert figures["state_size_ratio"] <= 1.0
+    assert figures["forward_passes_per_step"] > 1.0  # the warm-up searches spend trial forwards
+    assert "wall_time_ratio" in done.stdout

@@ -203,7 +203,8 @@ def test_model_card_names_salsa(tmp_path, make_bert, mrpc_train, bert_tokenizer)
     card = (tmp_path / "out" / "README.md").read_text()
     header = card.split("---")[1]
     assert "- salsa" in header and "- line-search" in header
-    assert "- optimizer: SaLSa (salsa: adam preconditioner, c=0.3" in card
+    salsa = trainer.salsa
+    assert f"- optimizer: SaLSa (salsa: adam preconditioner, c={salsa.c}, beta3={salsa.beta3}" in card
     assert "learning_rate: none" in card and "lr_scheduler_type" not in card
     search = trainer.salsa.search
     assert f"- final step size: {search.step_size:.4g}" in card
