@@ -42,6 +42,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 PRECONDITIONERS = ("adam", "sgd")
+# Where the first search starts: the step size lives on the preconditioner's scale.
+DEFAULT_INIT_STEP_SIZE = {"adam": 1e-3, "sgd": 0.1}
 GROWTH_SCHEDULES = ("search", "step")
 SEARCH_STEPS = ("momentum", "trial")
 # Keys a param group may carry; the line-search settings are global (one step size for the model).
@@ -98,7 +100,8 @@ class SaLSa(Optimizer):
         beta3: smoothing of both sides of the Armijo test, in [0, 1).
         delta: backtracking factor, in (0, 1): a rejected trial step is multiplied by it.
         growth: factor >= 1 by which the step size may grow (see ``grow_on``).
-        init_step_size: first trial step size, > 0.
+        init_step_size: first trial step size, > 0 (default: 1e-3 for Adam, Adam's usual scale;
+            0.1 for SGD, whose steps are not normalised).
         max_backtracks: trials per search, >= 1; when none is accepted the step is not taken.
         betas: Adam's moment decays; ``betas[0]`` is the momentum of the SGD variant too.
         eps: Adam's denominator term.
@@ -124,7 +127,7 @@ class SaLSa(Optimizer):
         beta3: float = 0.99,
         delta: float = 0.9,
         growth: float = 2 ** (1 / 500),
-        init_step_size: float = 1e-3,
+        init_step_size: float | None = None,
         max_backtracks: int = 60,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
@@ -144,6 +147,8 @@ class SaLSa(Optimizer):
         _check_open_unit("delta", delta)
         if not (isinstance(growth, (int, float)) and math.isfinite(growth) and growth >= 1):
             raise ValueError(f"growth must be a finite number >= 1, got {growth!r}")
+        if init_step_size is None:
+            init_step_size = DEFAULT_INIT_STEP_SIZE[preconditioner]
         if not (isinstance(init_step_size, (int, float)) and math.isfinite(init_step_size) and init_step_size > 0):
             raise ValueError(f"init_step_size must be a finite number > 0, got {init_step_size!r}")
         if not (isinstance(max_backtracks, int) and max_backtracks >= 1):

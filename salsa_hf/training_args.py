@@ -10,7 +10,7 @@ from typing import Any
 from transformers import TrainingArguments
 from transformers.training_args import OptimizerNames
 
-from .optimizer import PRESETS, SaLSa
+from .optimizer import DEFAULT_INIT_STEP_SIZE, PRESETS, SaLSa
 
 SALSA_OPTIMIZERS = tuple(PRESETS)
 ALL_OPTIMIZERS = SALSA_OPTIMIZERS + tuple(name.value for name in OptimizerNames)
@@ -19,12 +19,12 @@ ALL_OPTIMIZERS = SALSA_OPTIMIZERS + tuple(name.value for name in OptimizerNames)
 _SCHEDULE_FIELDS = {"learning_rate": 5e-5, "lr_scheduler_type": "linear", "warmup_steps": 0}
 
 
-def _salsa_field(name: str, help_text: str) -> Any:
+def _salsa_field(name: str, help_text: str, default_text: str | None = None) -> Any:
     """A field for SaLSa's argument ``name``; None means "the preset's value", stated in the help."""
-    default = inspect.signature(SaLSa).parameters[name].default
+    default_text = default_text or repr(inspect.signature(SaLSa).parameters[name].default)
     differing = {preset: values[name] for preset, values in PRESETS.items() if name in values}
     others = ", ".join(f"{value!r} for {preset}" for preset, value in differing.items())
-    text = f"{help_text} Default: {default!r}" + (f" ({others})" if others else "") + "."
+    text = f"{help_text} Default: {default_text}" + (f" ({others})" if others else "") + "."
     return field(default=None, metadata={"help": text})
 
 
@@ -47,7 +47,10 @@ class SaLSaTrainingArguments(TrainingArguments):
     salsa_delta: float | None = _salsa_field("delta", "Backtracking factor, in (0, 1).")
     salsa_growth: float | None = _salsa_field("growth", "Step-size growth factor, >= 1.")
     salsa_grow_on: str | None = _salsa_field("grow_on", "When the step size grows: 'search' or 'step'.")
-    salsa_init_step_size: float | None = _salsa_field("init_step_size", "First trial step size, > 0.")
+    salsa_init_step_size: float | None = _salsa_field(
+        "init_step_size", "First trial step size, > 0.",
+        f"{DEFAULT_INIT_STEP_SIZE['adam']} for the Adam preconditioner, {DEFAULT_INIT_STEP_SIZE['sgd']} for SGD",
+    )
     salsa_max_backtracks: int | None = _salsa_field("max_backtracks", "Trials per line search, >= 1.")
     salsa_warmup_searches: int | None = _salsa_field("warmup_searches", "The first this many steps always search.")
     salsa_search_step: str | None = _salsa_field(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import DataCollatorWithPadding, HfArgumentParser, Trainer, TrainingArguments
+from transformers import DataCollatorWithPadding, HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 
 from salsa_hf import SaLSa, SaLSaTrainer, SaLSaTrainingArguments
 
@@ -69,6 +69,21 @@ def test_every_optim_name_trains_and_logs(tmp_path, make_bert, mrpc_train, bert_
     assert last["learning_rate"] == last["salsa/step_size"] == salsa.search.step_size
     assert last["salsa/searches"] == salsa.search.searches >= 4
     assert last["salsa/extra_forward_fraction"] == pytest.approx(salsa.search.trial_forwards / 8)
+
+
+def test_salsa_figures_reach_the_callbacks_that_integrations_use(tmp_path, make_bert, mrpc_train, bert_tokenizer):
+    seen = []
+
+    class Recorder(TrainerCallback):  # report_to integrations (TensorBoard, W&B, ...) are callbacks
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            seen.append(dict(logs))
+
+    trainer = make_trainer(tmp_path, make_bert(), mrpc_train, bert_tokenizer)
+    trainer.add_callback(Recorder())
+    trainer.train()
+    training_logs = [logs for logs in seen if "loss" in logs]
+    assert len(training_logs) == 2
+    assert all(logs["salsa/step_size"] == logs["learning_rate"] for logs in training_logs)
 
 
 def test_trial_closure_reproduces_the_trainers_loss_exactly(tmp_path, make_bert, mrpc_train, bert_tokenizer):
