@@ -79,6 +79,11 @@ class SaLSaTrainingArguments(TrainingArguments):
             self.optim = name
 
     @property
+    def optim_name(self) -> str:
+        """``optim`` as a plain string (TrainingArguments turns its own names into an enum)."""
+        return getattr(self.optim, "value", self.optim)
+
+    @property
     def uses_salsa(self) -> bool:
         return self.optim in SALSA_OPTIMIZERS
 

@@ -199,7 +199,7 @@ def main() -> None:
         figures["validation loss"] = f"{eval_metrics['eval_loss']:.4f}"
         figures["validation perplexity"] = f"{eval_metrics['perplexity']:.2f}"
     if trainer.is_world_process_zero():
-        print_summary(f"language modelling with optim={training_args.optim}", figures, trainer)
+        print_summary(f"language modelling with optim={training_args.optim_name}", figures, trainer)
 
 
 if __name__ == "__main__":

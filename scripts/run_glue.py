@@ -260,7 +260,7 @@ def main() -> None:
         figures[f"validation {main_metric}"] = f"{eval_metrics[f'eval_{main_metric}']:.4f}"
         figures["validation loss"] = f"{eval_metrics['eval_loss']:.4f}"
     if trainer.is_world_process_zero():
-        print_summary(f"{data_args.task_name or 'classification'} with optim={training_args.optim}", figures, trainer)
+        print_summary(f"{data_args.task_name or 'classification'} with optim={training_args.optim_name}", figures, trainer)
 
 
 if __name__ == "__main__":
