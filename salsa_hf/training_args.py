@@ -53,6 +53,10 @@ class SaLSaTrainingArguments(TrainingArguments):
     )
     salsa_max_backtracks: int | None = _salsa_field("max_backtracks", "Trials per line search, >= 1.")
     salsa_warmup_searches: int | None = _salsa_field("warmup_searches", "The first this many steps always search.")
+    salsa_smoothing: bool | None = _salsa_field("smoothing", "Smooth the Armijo test (False: plain Armijo).")
+    salsa_adaptive_frequency: bool | None = _salsa_field(
+        "adaptive_frequency", "Search only every few steps, by the paper's rule (False: every step)."
+    )
     salsa_search_step: str | None = _salsa_field(
         "search_step", "Step taken on a search step: 'momentum' (Adam step) or 'trial' (the accepted trial point)."
     )

@@ -252,6 +252,10 @@ def test_optim_from_command_line_and_json(tmp_path, capsys):
         ["--output_dir", str(tmp_path), "--optim", "salsa_sgd", "--salsa_c", "0.5", "--use_cpu", "true"]
     )
     assert args.optim == "salsa_sgd" and args.salsa_kwargs()["c"] == 0.5
+    (args,) = parser.parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--optim", "salsa", "--salsa_adaptive_frequency", "false", "--use_cpu", "true"]
+    )
+    assert args.salsa_kwargs()["adaptive_frequency"] is False and args.salsa_kwargs()["smoothing"] is not False
     assert args.salsa_kwargs()["preconditioner"] == "sgd"
 
     config = tmp_path / "args.json"
