@@ -255,7 +255,8 @@ def test_optim_from_command_line_and_json(tmp_path, capsys):
     (args,) = parser.parse_args_into_dataclasses(
         ["--output_dir", str(tmp_path), "--optim", "salsa", "--salsa_adaptive_frequency", "false", "--use_cpu", "true"]
     )
-    assert args.salsa_kwargs()["adaptive_frequency"] is False and args.salsa_kwargs()["smoothing"] is not False
+    built = SaLSa([torch.nn.Parameter(torch.ones(2))], **args.salsa_kwargs())
+    assert (built.adaptive_frequency, built.smoothing) == (False, True)
     assert args.salsa_kwargs()["preconditioner"] == "sgd"
 
     config = tmp_path / "args.json"
