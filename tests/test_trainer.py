@@ -252,12 +252,12 @@ def test_optim_from_command_line_and_json(tmp_path, capsys):
         ["--output_dir", str(tmp_path), "--optim", "salsa_sgd", "--salsa_c", "0.5", "--use_cpu", "true"]
     )
     assert args.optim == "salsa_sgd" and args.salsa_kwargs()["c"] == 0.5
+    assert args.salsa_kwargs()["preconditioner"] == "sgd"
     (args,) = parser.parse_args_into_dataclasses(
         ["--output_dir", str(tmp_path), "--optim", "salsa", "--salsa_adaptive_frequency", "false", "--use_cpu", "true"]
     )
     built = SaLSa([torch.nn.Parameter(torch.ones(2))], **args.salsa_kwargs())
     assert (built.adaptive_frequency, built.smoothing) == (False, True)
-    assert args.salsa_kwargs()["preconditioner"] == "sgd"
 
     config = tmp_path / "args.json"
     config.write_text(json.dumps({"output_dir": str(tmp_path), "optim": "sls", "adam_beta1": 0.8, "use_cpu": True}))
