@@ -1,8 +1,8 @@
 """SaLSa against torch AdamW on the same batches: wall time, forward passes, optimizer state size.
 
 A small BERT built from a config (random init) is trained twice from the same weights, SaLSa and
-AdamW (lr 1e-3, torch defaults otherwise) taking turns on each batch, so both see the same machine
-load. Real MRPC sentence pairs from ../shared/data when present, random tokens otherwise.
+AdamW (lr 1e-3 unless --adamw_lr, torch defaults otherwise) taking turns on each batch, so both see
+the same machine load. Real MRPC sentence pairs from ../shared/data when present, random tokens otherwise.
 
     python scripts/bench_optimizer.py --steps 400
 """
@@ -60,6 +60,9 @@ def main() -> None:
     parser.add_argument("--seq_len", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--optim", default="salsa", help="SaLSa preset: salsa, salsa_sgd, sls, sls_sgd")
+    parser.add_argument("--adamw_lr", type=float, default=1e-3, help="AdamW's learning rate (default 1e-3)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="SaLSa arguments to override, values as JSON (e.g. c=0.5 grow_on='\"search\"')")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
 
@@ -68,8 +71,9 @@ def main() -> None:
                         intermediate_size=512, max_position_embeddings=128, num_labels=2)
     salsa_model = BertForSequenceClassification(config)
     adamw_model = copy.deepcopy(salsa_model)
-    salsa = SaLSa.from_name(args.optim, salsa_model.parameters())
-    adamw = torch.optim.AdamW(adamw_model.parameters(), lr=1e-3)
+    overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
+    salsa = SaLSa.from_name(args.optim, salsa_model.parameters(), **overrides)
+    adamw = torch.optim.AdamW(adamw_model.parameters(), lr=args.adamw_lr)
     batches, source = make_batches(args.steps, args.batch_size, args.seq_len, config.vocab_size, args.seed)
 
     times = {"salsa": 0.0, "adamw": 0.0}
