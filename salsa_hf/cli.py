@@ -124,9 +124,9 @@ def print_summary(title: str, figures: dict[str, str], trainer) -> None:
     loss = final_training_loss(trainer.state.log_history)
     if loss is not None:
         lines["final training loss"] = f"{loss:.4f}"
-    salsa = getattr(trainer, "salsa", None)
-    if salsa is not None:
-        search = salsa.search
+    optimizer = getattr(trainer, "line_search", None)
+    if optimizer is not None:
+        search = optimizer.search
         lines["SaLSa step size"] = f"{search.step_size:.3g} (searching every {search.interval} steps at the end)"
         lines["extra compute"] = (
             f"{search.extra_forward_fraction:.1%} extra forward passes ({search.searches} line searches, "

@@ -19,6 +19,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from transformers import Trainer
 
 from .optimizer import SaLSa
+from .peers import PEER_OPTIMIZERS
 from .rng import RngState
 from .training_args import SaLSaTrainingArguments
 
@@ -39,8 +40,10 @@ class SaLSaTrainer(Trainer):
     """A ``Trainer`` whose optimizer steps run SaLSa's line search.
 
     Use it with ``SaLSaTrainingArguments(optim="salsa")`` (or ``salsa_sgd``, ``sls``, ``sls_sgd``),
-    or hand it a ``SaLSa`` instance through ``optimizers=``. With any other optimizer it is the plain
-    ``Trainer``, except that evaluation leaves the training random streams where they were.
+    or hand it a ``SaLSa`` instance through ``optimizers=``. Any optimizer with ``prepare_step(loss,
+    evaluate)`` and a ``search`` state is driven the same way (the authors' SaLSa adapter is one).
+    With any other optimizer it is the plain ``Trainer``, except that evaluation leaves the training
+    random streams where they were.
     """
 
     def __init__(self, *args, **kwargs):
@@ -55,10 +58,12 @@ class SaLSaTrainer(Trainer):
     def get_optimizer_cls_and_kwargs(args, model=None):
         if isinstance(args, SaLSaTrainingArguments) and args.uses_salsa:
             return SaLSa, args.salsa_kwargs()
+        if isinstance(args, SaLSaTrainingArguments) and args.optim_name in PEER_OPTIMIZERS:
+            return PEER_OPTIMIZERS[args.optim_name](args, model)
         return Trainer.get_optimizer_cls_and_kwargs(args, model)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
-        if self.lr_scheduler is None and isinstance(_unwrap(optimizer or self.optimizer), SaLSa):
+        if self.lr_scheduler is None and _is_line_search(_unwrap(optimizer or self.optimizer)):
             self.lr_scheduler = StepSizeReport(_unwrap(optimizer or self.optimizer))
             self._created_lr_scheduler = True
         return super().create_scheduler(num_training_steps, optimizer)
@@ -69,11 +74,17 @@ class SaLSaTrainer(Trainer):
         optimizer = _unwrap(self.optimizer)
         return optimizer if isinstance(optimizer, SaLSa) else None
 
+    @property
+    def line_search(self):
+        """The run's line-search optimizer (SaLSa or an adapter with its protocol), or None."""
+        optimizer = _unwrap(self.optimizer)
+        return optimizer if _is_line_search(optimizer) else None
+
     # ---- the step ---------------------------------------------------------------------------------
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        salsa = self.salsa
-        if salsa is None:
+        optimizer = self.line_search
+        if optimizer is None:
             return super().training_step(model, inputs, num_items_in_batch)
         rng = RngState.capture()
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -82,7 +93,7 @@ class SaLSaTrainer(Trainer):
         if self.accelerator.sync_gradients:  # the last micro-batch: the optimizer steps next
             micro_batches, self._micro_batches = self._micro_batches, []
             step_loss, self._step_loss = self._step_loss, None
-            salsa.prepare_step(self._mean_over_processes(step_loss), self._trial_closure(model, micro_batches))
+            optimizer.prepare_step(self._mean_over_processes(step_loss), self._trial_closure(model, micro_batches))
         return loss
 
     def _trial_closure(self, model, micro_batches):
@@ -132,9 +143,9 @@ class SaLSaTrainer(Trainer):
     # ---- logging and the model card ---------------------------------------------------------------
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        salsa = self.salsa
-        if salsa is not None and "loss" in logs:
-            search = salsa.search
+        optimizer = self.line_search
+        if optimizer is not None and "loss" in logs:
+            search = optimizer.search
             logs["learning_rate"] = search.step_size
             logs.update({
                 f"{LOG_PREFIX}step_size": search.step_size,
@@ -186,6 +197,11 @@ def salsa_model_card(card: str, salsa: SaLSa, name: str) -> str:
     )
     marker = "\n### Framework versions"
     return card.replace(marker, summary + marker, 1) if marker in card else card + summary
+
+
+def _is_line_search(optimizer) -> bool:
+    """Whether the optimizer takes its steps through ``prepare_step(loss, evaluate)``."""
+    return callable(getattr(optimizer, "prepare_step", None)) and hasattr(optimizer, "search")
 
 
 def _unwrap(optimizer):

@@ -11,9 +11,10 @@ from transformers import TrainingArguments
 from transformers.training_args import OptimizerNames
 
 from .optimizer import DEFAULT_INIT_STEP_SIZE, PRESETS, SaLSa
+from .peers import PEER_OPTIMIZERS
 
 SALSA_OPTIMIZERS = tuple(PRESETS)
-ALL_OPTIMIZERS = SALSA_OPTIMIZERS + tuple(name.value for name in OptimizerNames)
+ALL_OPTIMIZERS = SALSA_OPTIMIZERS + tuple(PEER_OPTIMIZERS) + tuple(name.value for name in OptimizerNames)
 
 # TrainingArguments fields that a SaLSa run does not use, with their defaults (to tell "set").
 _SCHEDULE_FIELDS = {"learning_rate": 5e-5, "lr_scheduler_type": "linear", "warmup_steps": 0}
@@ -33,8 +34,8 @@ class SaLSaTrainingArguments(TrainingArguments):
     """``TrainingArguments`` plus the SaLSa optimizers and their settings.
 
     ``optim`` accepts ``salsa`` (SaLSa with Adam), ``salsa_sgd``, ``sls`` and ``sls_sgd`` (plain
-    stochastic Armijo) besides every optimizer ``TrainingArguments`` knows, so one script compares
-    them all. Adam's ``adam_beta1/2``, ``adam_epsilon`` and ``weight_decay`` are shared with AdamW.
+    stochastic Armijo), the peers ``prodigy`` and ``salsa_authors`` (see ``peers.py``), and every
+    optimizer ``TrainingArguments`` knows, so one script compares them all. Adam's ``adam_beta1/2``, ``adam_epsilon`` and ``weight_decay`` are shared with AdamW.
     ``learning_rate``, ``lr_scheduler_type`` and ``warmup_steps`` are not used by SaLSa.
     """
 
@@ -64,10 +65,12 @@ class SaLSaTrainingArguments(TrainingArguments):
     def __post_init__(self):
         if self.optim not in ALL_OPTIMIZERS:
             raise ValueError(f"optim {self.optim!r} is not known; choose one of: {', '.join(ALL_OPTIMIZERS)}")
-        if self.optim not in SALSA_OPTIMIZERS:
+        if self.optim not in SALSA_OPTIMIZERS + tuple(PEER_OPTIMIZERS):
             super().__post_init__()
             return
-        ignored = [name for name, default in _SCHEDULE_FIELDS.items() if getattr(self, name) != default]
+        ignored = [] if self.optim in PEER_OPTIMIZERS else [
+            name for name, default in _SCHEDULE_FIELDS.items() if getattr(self, name) != default
+        ]
         if ignored:
             warnings.warn(
                 f"{', '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} not used with optim="

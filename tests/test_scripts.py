@@ -189,7 +189,7 @@ def test_bad_input_stops_before_training(tmp_path, capsys, mrpc_rows, bert_token
     unknown_optim = tmp_path / "optim.json"
     unknown_optim.write_text(json.dumps({"task_name": "mrpc", "optim": "salsa2", "model_name_or_path": "x"}))
     err = fail_before_training(capsys, tmp_path, "run_glue", str(unknown_optim), *out)
-    assert "optim 'salsa2' is not known; choose one of: salsa, salsa_sgd, sls, sls_sgd, adamw_torch" in err
+    assert "optim 'salsa2' is not known; choose one of: salsa, salsa_sgd, sls, sls_sgd, prodigy, salsa_authors, adamw_torch" in err
 
 
 def test_run_clm_bad_input(tmp_path, capsys, shared_data, monkeypatch):
