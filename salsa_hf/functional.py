@@ -71,28 +71,32 @@ def update_moments_(
             torch._foreach_addcmul_(v, g, g, value=1 - beta2)
 
 
-def preconditioned_sq_norm(
+def preconditioned_dot(
     grads: TensorList,
+    vectors: TensorList,
     exp_avg_sqs: TensorList | None,
     bias_correction2: float,
     eps: float,
     *,
     foreach: bool,
 ) -> float:
-    """``<g, P g>``: the decrease per unit step that the Armijo test asks of the search direction."""
+    """``<g, P x>``: the decrease per unit step that the Armijo test asks of the direction ``-P x``.
+
+    ``x = g`` gives ``<g, P g>`` (the paper's search along the gradient); ``x = m`` the Adam update.
+    """
     if not grads:
         return 0.0
     if not foreach:
         total = 0.0
         for i, g in enumerate(grads):
-            term = g * g
+            term = g * vectors[i]
             if exp_avg_sqs is not None:
                 term = term / _denominator(exp_avg_sqs[i], bias_correction2, eps)
             total += float(term.sum(dtype=_accumulation_dtype(term)))
         return total
     total = 0.0
-    for g, v in _by_device_and_dtype(grads, exp_avg_sqs):
-        terms = torch._foreach_mul(g, g)
+    for g, x, v in _by_device_and_dtype(grads, vectors, exp_avg_sqs):
+        terms = torch._foreach_mul(g, x)
         if v is not None:
             torch._foreach_div_(terms, _denominators(v, bias_correction2, eps))
         sums = [t.sum(dtype=_accumulation_dtype(t)) for t in terms]

@@ -1,12 +1,16 @@
 """SaLSa: Stable Armijo Line Search Adaptation (Kenneweg et al., IJCNN 2024), as a torch Optimizer.
 
 One step size for the whole model is found by a backtracking line search on the mini-batch loss:
-a trial step ``eta`` along the preconditioned gradient is accepted when the *smoothed* decrease
-``h`` is at least ``c * eta * s``, with ``s`` the smoothed ``<g, P g>``. The search runs only every
-``interval`` steps, where the interval grows while the step size is steady. Between searches the
-optimizer is Adam (or SGD with momentum) at the last accepted step size.
+a trial step ``eta`` along a search direction ``-P x`` is accepted when the *smoothed* decrease
+``h`` is at least ``c * eta * s``, with ``s`` the smoothed predicted decrease ``<g, P x>``. The
+search runs only every ``interval`` steps, where the interval grows while the step size is steady.
+Between searches the optimizer is Adam (or SGD with momentum) at the last accepted step size.
 
-The four optimizers of the paper's table are four settings of this class, named in ``PRESETS``.
+The defaults are those of the talk's mechanism as this project first measured them. Options that
+change the search's clock, direction, growth and backtracking, a loss-trend back-off and a cool-down
+were measured in the lab (``scripts/lab.py``); none beat the defaults across its workloads yet,
+``docs/algorithm.md`` has the tables. The paper's own choices remain options, and the four optimizers of its
+table are four settings of this class, named in ``PRESETS``.
 The tensor math lives in ``functional.py``; this file holds the decisions and the state.
 """
 
@@ -30,15 +34,20 @@ LossClosure = Callable[[], Tensor]
 # The line-search frequency rule of the paper (eq. 3.10-3.13): EMAs of the accepted step size.
 FAST_DECAY = 0.9
 SLOW_DECAY = 0.99
-MAX_INTERVAL = 10
+LOSS_DECAY = 0.9  # the training-loss average that loss_trend compares between searches
 
+# Plain stochastic Armijo (Vaswani et al. 2019) as the authors ran it for their GLUE baselines: no
+# smoothing, a search along the gradient on every step, c = 0.1, growth 2^(1/500) per step,
+# backtracking by 0.9, no loss-trend back-off and no cool-down.
+PLAIN_ARMIJO = {
+    "smoothing": False, "adaptive_frequency": False, "c": 0.1, "search_direction": "gradient",
+    "grow_on": "step", "growth": 2 ** (1 / 500), "backtracking": "constant", "loss_trend": False, "cooldown": 0.0,
+}
 PRESETS: dict[str, dict[str, Any]] = {
     "salsa": {"preconditioner": "adam"},
     "salsa_sgd": {"preconditioner": "sgd"},
-    # Plain stochastic Armijo (Vaswani et al. 2019): no smoothing, a search every step, c as in the
-    # authors' GLUE baselines.
-    "sls": {"preconditioner": "adam", "smoothing": False, "adaptive_frequency": False, "c": 0.1},
-    "sls_sgd": {"preconditioner": "sgd", "smoothing": False, "adaptive_frequency": False, "c": 0.1},
+    "sls": {"preconditioner": "adam", **PLAIN_ARMIJO},
+    "sls_sgd": {"preconditioner": "sgd", **PLAIN_ARMIJO},
 }
 
 PRECONDITIONERS = ("adam", "sgd")
@@ -46,6 +55,9 @@ PRECONDITIONERS = ("adam", "sgd")
 DEFAULT_INIT_STEP_SIZE = {"adam": 1e-3, "sgd": 0.1}
 GROWTH_SCHEDULES = ("search", "step")
 SEARCH_STEPS = ("momentum", "trial")
+SMOOTHING_CLOCKS = ("step", "search")
+SEARCH_DIRECTIONS = ("update", "previous", "gradient")
+BACKTRACKING = ("accelerating", "constant")
 # Keys a param group may carry; the line-search settings are global (one step size for the model).
 GROUP_KEYS = {"params", "betas", "eps", "weight_decay", "name"}
 
@@ -60,8 +72,14 @@ class LineSearchState:
     norm_avg: float = 0.0  # s: smoothed <g, P g>
     fast_avg: float = 0.0  # EMA(0.9) of accepted step sizes
     slow_avg: float = 0.0  # EMA(0.99) of accepted step sizes
+    fast_weight: float = 0.0  # the weight those EMAs have accumulated (their bias correction)
+    slow_weight: float = 0.0
     interval: int = 1  # steps between searches
     steps_since_search: int = 0
+    average_age: int = 0  # steps since h and s last took a value (the smoothing's clock)
+    loss_avg: float = 0.0  # EMA of the training loss, per step (bias-corrected by loss_weight)
+    loss_weight: float = 0.0
+    loss_at_search: float | None = None  # loss_avg at the last search
     searches: int = 0  # searches that accepted a step
     backtracks: int = 0  # rejected trials, all searches together
     trial_forwards: int = 0  # loss evaluations spent by searches
@@ -97,7 +115,7 @@ class SaLSa(Optimizer):
         params: parameters or param groups (groups may set ``betas``, ``eps``, ``weight_decay``).
         preconditioner: ``"adam"`` (search along ``-g / (sqrt(v_hat) + eps)``) or ``"sgd"`` (``-g``).
         c: Armijo constant, in (0, 1): the share of the predicted decrease a step must achieve.
-        beta3: smoothing of both sides of the Armijo test, in [0, 1).
+        beta3: smoothing of both sides of the Armijo test, in [0, 1) (per step, see ``smooth_over``).
         delta: backtracking factor, in (0, 1): a rejected trial step is multiplied by it.
         growth: factor >= 1 by which the step size may grow (see ``grow_on``).
         init_step_size: first trial step size, > 0 (default: 1e-3 for Adam, Adam's usual scale;
@@ -107,13 +125,37 @@ class SaLSa(Optimizer):
         eps: Adam's denominator term.
         weight_decay: decoupled weight decay, scaled by the step size (as AdamW).
         smoothing: False gives the plain Armijo test (``beta3 = 0``).
+        smooth_over: ``"step"`` decays the averages by ``beta3`` per optimizer step (a search
+            after ``k`` quiet steps weighs ``1 - beta3**k``), so their memory is the same however
+            rarely the search runs; ``"search"`` decays them by ``beta3`` per search (the paper).
         adaptive_frequency: False searches on every step.
+        max_interval: the longest interval between searches, >= 1 (the paper: 10).
         warmup_searches: the first this many steps always search.
+        backtracking: ``"constant"`` multiplies a rejected trial by ``delta``; ``"accelerating"``
+            by ``delta``, ``delta**2``, ``delta**3``, ... (the j-th rejection of a search by
+            ``delta**j``), so a search far from its answer gets there in few trials.
+        loss_trend: when the training loss (an average over about ten steps) is higher than at
+            the last search, that search starts from ``delta`` times the step size instead of
+            growing it: the steps taken, not just the trial, must have paid off for the step
+            size to grow; a run whose loss keeps rising backs off however the trials look.
+        total_steps: the steps the run will take, if known (``SaLSaTrainer`` sets it); enables
+            the cool-down.
+        cooldown: share of ``total_steps`` at the end over which the step taken decays linearly
+            to 0, in [0, 1); the line search stops there and its step size is kept.
         grow_on: ``"step"`` multiplies the step size by ``growth`` on every step (the authors'
             ``AdamSLS``, the paper's runs); ``"search"`` before each search (their pip package).
-        search_step: on a search step, ``"momentum"`` takes the Adam/momentum step with the step
-            size found (``AdamSLS``, the paper's runs); ``"trial"`` keeps the accepted trial point
-            along the gradient direction (the pip package).
+        search_direction: ``"gradient"`` searches along ``-P g`` with the predicted decrease
+            ``<g, P g>`` (the paper); ``"update"`` along the step the optimizer takes,
+            ``-P m_hat``, with ``<g, P m_hat>``, so the search measures the very step it accepts
+            (where momentum and gradient disagree, ``<g, P m_hat> <= 0``, that search falls back
+            to the gradient); ``"previous"`` along the Adam update of the steps before, ``-P m_hat``
+            before this batch's gradient joins ``m``: a direction this batch did not choose, so its
+            loss change along it is an unbiased sample of the full loss's, and the test sees
+            gradient noise (a batch on which that direction goes uphill postpones the search by
+            a step; the first step searches along the gradient). The step taken is Adam's.
+        search_step: after a search along the gradient, ``"momentum"`` takes the Adam/momentum
+            step with the step size found (``AdamSLS``, the paper's runs); ``"trial"`` keeps the
+            accepted trial point (the pip package).
         foreach: use the multi-tensor kernels (default True; False runs the per-tensor reference
             path, which the tests hold equal to it).
     """
@@ -137,11 +179,24 @@ class SaLSa(Optimizer):
         warmup_searches: int = 10,
         grow_on: str = "step",
         search_step: str = "momentum",
+        search_direction: str = "gradient",
+        smooth_over: str = "search",
+        max_interval: int = 10,
+        backtracking: str = "constant",
+        loss_trend: bool = False,
+        total_steps: int | None = None,
+        cooldown: float = 0.0,
         foreach: bool = True,
     ):
         _check_choice("preconditioner", preconditioner, PRECONDITIONERS)
         _check_choice("grow_on", grow_on, GROWTH_SCHEDULES)
         _check_choice("search_step", search_step, SEARCH_STEPS)
+        _check_choice("smooth_over", smooth_over, SMOOTHING_CLOCKS)
+        _check_choice("search_direction", search_direction, SEARCH_DIRECTIONS)
+        _check_choice("backtracking", backtracking, BACKTRACKING)
+        _check_open_unit("cooldown", cooldown, closed_low=True)
+        if not (isinstance(max_interval, int) and max_interval >= 1):
+            raise ValueError(f"max_interval must be an integer >= 1, got {max_interval!r}")
         _check_open_unit("c", c)
         _check_open_unit("beta3", beta3, closed_low=True)
         _check_open_unit("delta", delta)
@@ -155,7 +210,8 @@ class SaLSa(Optimizer):
             raise ValueError(f"max_backtracks must be an integer >= 1, got {max_backtracks!r}")
         if not (isinstance(warmup_searches, int) and warmup_searches >= 0):
             raise ValueError(f"warmup_searches must be an integer >= 0, got {warmup_searches!r}")
-        for key, value in (("smoothing", smoothing), ("adaptive_frequency", adaptive_frequency), ("foreach", foreach)):
+        for key, value in (("smoothing", smoothing), ("adaptive_frequency", adaptive_frequency),
+                           ("loss_trend", loss_trend), ("foreach", foreach)):
             if not isinstance(value, bool):
                 raise ValueError(f"{key} must be True or False, got {value!r}")
         self.preconditioner = preconditioner
@@ -170,6 +226,14 @@ class SaLSa(Optimizer):
         self.warmup_searches = warmup_searches
         self.grow_on = grow_on
         self.search_step = search_step
+        self.smooth_over = smooth_over
+        self.search_direction = search_direction
+        self.max_interval = max_interval
+        self.backtracking = backtracking
+        self.loss_trend = loss_trend
+        self.cooldown = cooldown
+        self.total_steps = None
+        self.set_total_steps(total_steps)
         self.foreach = foreach
         self.search = LineSearchState(step_size=init_step_size)
         self._prepared: tuple[Tensor, LossClosure] | None = None
@@ -199,6 +263,29 @@ class SaLSa(Optimizer):
         if not (isinstance(group["weight_decay"], (int, float)) and group["weight_decay"] >= 0):
             raise ValueError(f"weight_decay must be >= 0, got {group['weight_decay']!r}")
         super().add_param_group(param_group)
+
+    def set_total_steps(self, total_steps: int | None) -> None:
+        """Tell SaLSa how many steps the run takes (None: unknown, no cool-down)."""
+        if total_steps is not None and not (isinstance(total_steps, int) and total_steps >= 1):
+            raise ValueError(f"total_steps must be an integer >= 1 or None, got {total_steps!r}")
+        self.total_steps = total_steps
+
+    @property
+    def step_scale(self) -> float:
+        """The cool-down's factor on the next step: 1, then linearly down to ``1 / cooldown_steps``."""
+        cooldown_steps = self._cooldown_steps()
+        if not cooldown_steps:
+            return 1.0
+        upcoming = self.search.step + self.search.skipped_steps + 1
+        return min(1.0, max(0.0, (self.total_steps - upcoming + 1) / cooldown_steps))
+
+    @property
+    def effective_step_size(self) -> float:
+        """The step size the next step takes: the line search's, times the cool-down's factor."""
+        return self.search.step_size * self.step_scale
+
+    def _cooldown_steps(self) -> int:
+        return 0 if self.total_steps is None else math.ceil(self.cooldown * self.total_steps)
 
     # ---- state ----------------------------------------------------------------------------------
 
@@ -274,21 +361,40 @@ class SaLSa(Optimizer):
             search.skipped_steps += 1  # nothing else is touched, not even new state: the step never happened
             return loss
         groups = self._active_groups()
-
-        search.step += 1
-        if self.grow_on == "step":
+        scale = self.step_scale  # the cool-down's factor for this step
+        due = scale == 1.0 and self._search_due()
+        if self.grow_on == "step" and scale == 1.0:
             search.step_size *= self.growth
+        search.average_age += 1
+        search.loss_avg = LOSS_DECAY * search.loss_avg + (1 - LOSS_DECAY) * loss_value
+        search.loss_weight = LOSS_DECAY * search.loss_weight + (1 - LOSS_DECAY)
+
+        found, searched = None, False
+        if due and self.search_direction == "previous" and search.step > 0:
+            # Before this batch's gradient joins the moments: the direction the earlier batches chose,
+            # tested on this batch, whose loss change along it is an unbiased sample of the full loss's.
+            predicted = self._predicted_decrease(groups, "exp_avgs")
+            if predicted > 0.0:  # else this batch says uphill: search on the next step instead
+                found, searched = self._line_search(loss_value, groups, evaluate, "along_momentum", predicted), True
+                if found is not None:
+                    self._move(groups, along_momentum=found)  # back to the current point
+        search.step += 1
         for group in groups:
             beta1, beta2 = group["betas"]
             F.update_moments_(
                 group["grads"], group["exp_avgs"], group["exp_avg_sqs"], beta1, beta2, foreach=group["foreach"]
             )
 
-        if self._search_due():
-            step_size = self._line_search(loss_value, groups, evaluate)
+        moved = False
+        if searched:  # along the earlier direction: the step is Adam's, at the step size found
+            step_size = found
+        elif due and (self.search_direction != "previous" or search.step == 1):
+            step_size, moved = self._search_current(loss_value, groups, evaluate), True
         else:
+            # Between searches, and in the cool-down (where the step size found is kept and only scaled).
             search.steps_since_search += 1
-            step_size = search.step_size
+            step_size = search.step_size * scale
+        if step_size is not None and not moved:
             self._move(groups, along_momentum=-step_size)
         if step_size is not None:
             for group in groups:
@@ -297,53 +403,73 @@ class SaLSa(Optimizer):
         return loss
 
     def _search_due(self) -> bool:
+        """Whether the coming step searches (``search.step`` counts the steps taken so far)."""
         search = self.search
         return (
             not self.adaptive_frequency
-            or search.step <= self.warmup_searches
+            or search.step < self.warmup_searches
             or search.steps_since_search + 1 >= search.interval
         )
 
-    def _line_search(self, loss: float, groups: list[dict], evaluate: LossClosure) -> float | None:
-        """Backtrack from a grown step size; leave the parameters at the step taken.
+    def _search_current(self, loss: float, groups: list[dict], evaluate: LossClosure) -> float | None:
+        """A search with this batch's moments; leaves the parameters at the step taken (or at the
+        current point when it fails, returning None)."""
+        along_update = self.search_direction in ("update", "previous")
+        predicted = self._predicted_decrease(groups, "exp_avgs") if along_update else 0.0
+        if predicted <= 0.0:  # the gradient direction always descends, unless the gradient is zero
+            along_update, predicted = False, self._predicted_decrease(groups, "grads")
+        if predicted <= 0.0:
+            # A zero gradient: there is no direction to search along; take the momentum step.
+            self.search.last_searched, self.search.steps_since_search = True, 0
+            self._move(groups, along_momentum=-self.search.step_size)
+            return self.search.step_size
+        if along_update:
+            return self._line_search(loss, groups, evaluate, "along_momentum", predicted)
+        step_size = self._line_search(loss, groups, evaluate, "along_gradient", predicted)
+        if step_size is not None and self.search_step == "momentum":
+            # Undo the trial point and take the momentum step instead, in one pass.
+            self._move(groups, along_gradient=step_size, along_momentum=-step_size)
+        return step_size
 
-        Returns the step size taken, or None when no trial was accepted (the parameters are then
-        back at the current point and the step size is unchanged).
+    def _line_search(self, loss: float, groups: list[dict], evaluate: LossClosure, direction: str,
+                     predicted: float) -> float | None:
+        """Backtrack along ``direction`` (a ``_move`` keyword) from the grown step size.
+
+        ``predicted`` is the loss decrease per unit step the direction promises. Returns the
+        accepted step size, with the parameters at that trial point; or None when no trial was
+        accepted, with the parameters back at the current point and the step size unchanged.
         """
         search = self.search
         search.last_searched = True
         search.steps_since_search = 0
-        precond_sq_norm = sum(
-            F.preconditioned_sq_norm(
-                group["grads"], group["exp_avg_sqs"], self._bias_correction2(group), group["eps"],
-                foreach=group["foreach"],
-            )
-            for group in groups
-        )
-        if precond_sq_norm <= 0.0:
-            # A zero gradient: there is no direction to search along; take the momentum step.
-            self._move(groups, along_momentum=-search.step_size)
-            return search.step_size
-
-        beta3 = self.beta3
-        norm_avg = beta3 * search.norm_avg + (1 - beta3) * precond_sq_norm
+        # The averages' weight on the past: per search (the paper), or per step since they last
+        # took a value, so that their memory does not stretch when searches are rare.
+        keep = self.beta3 ** (search.average_age if self.smooth_over == "step" else 1)
+        norm_avg = keep * search.norm_avg + (1 - keep) * predicted
         step_size = search.step_size * (self.growth if self.grow_on == "search" else 1.0)
+        smoothed_loss = search.loss_avg / search.loss_weight
+        if self.loss_trend and search.loss_at_search is not None and smoothed_loss > search.loss_at_search:
+            step_size = search.step_size * self.delta  # the loss rose since the last search: back off
+        search.loss_at_search = smoothed_loss
         at = 0.0  # how far along the search direction the parameters are now
         for trial in range(self.max_backtracks):
-            self._move(groups, along_gradient=-(step_size - at))
+            self._move(groups, **{direction: -(step_size - at)})
             at = step_size
             trial_loss = float(evaluate())
             search.trial_forwards += 1
-            decrease_avg = beta3 * search.decrease_avg + (1 - beta3) * (loss - trial_loss)
+            decrease_avg = keep * search.decrease_avg + (1 - keep) * (loss - trial_loss)
             # An unchanged loss means the step is below the loss's floating-point resolution:
             # shrinking further cannot show a decrease, so the search stops there (as the authors do).
-            if math.isfinite(trial_loss) and (decrease_avg >= self.c * step_size * norm_avg or trial_loss == loss):
+            if trial_loss == loss or (
+                math.isfinite(trial_loss)
+                and decrease_avg >= self.c * step_size * norm_avg
+            ):
                 break
-            step_size *= self.delta
+            step_size *= self.delta ** (trial + 1 if self.backtracking == "accelerating" else 1)
         else:
             # No trial accepted: back to the current point, no step, and the step size stays what it
             # was, so one unlucky batch cannot shrink it by delta**max_backtracks.
-            self._move(groups, along_gradient=at)
+            self._move(groups, **{direction: at})
             search.backtracks += self.max_backtracks
             search.last_backtracks = self.max_backtracks
             search.failed_searches += 1
@@ -351,26 +477,43 @@ class SaLSa(Optimizer):
 
         search.backtracks += trial
         search.last_backtracks = trial
-        search.decrease_avg, search.norm_avg = decrease_avg, norm_avg
+        self._update_interval(step_size, search.average_age)
+        search.decrease_avg, search.norm_avg, search.average_age = decrease_avg, norm_avg, 0
         search.step_size = step_size
-        self._update_interval(step_size)
-        if self.search_step == "momentum":
-            # Undo the trial point and take the momentum step instead, in one pass.
-            self._move(groups, along_gradient=step_size, along_momentum=-step_size)
         return step_size
 
-    def _update_interval(self, step_size: float) -> None:
-        """Search less often while the step size is steady (eq. 3.10-3.13), with bias-corrected EMAs."""
+    def _update_interval(self, step_size: float, age: int) -> None:
+        """Search less often while the step size is steady (eq. 3.10-3.13).
+
+        The two averages of the accepted step sizes are bias-corrected (the authors start them near
+        0 uncorrected, which holds the interval at 1 for hundreds of steps) and, with
+        ``smooth_over="step"``, decay per step, ``age`` being the steps since the last accepted search.
+        """
         search = self.search
         search.searches += 1
-        search.fast_avg = FAST_DECAY * search.fast_avg + (1 - FAST_DECAY) * step_size
-        search.slow_avg = SLOW_DECAY * search.slow_avg + (1 - SLOW_DECAY) * step_size
-        fast = search.fast_avg / (1 - FAST_DECAY**search.searches)
-        slow = search.slow_avg / (1 - SLOW_DECAY**search.searches)
+        steps = age if self.smooth_over == "step" else 1
+        fast_keep, slow_keep = FAST_DECAY**steps, SLOW_DECAY**steps
+        search.fast_avg = fast_keep * search.fast_avg + (1 - fast_keep) * step_size
+        search.slow_avg = slow_keep * search.slow_avg + (1 - slow_keep) * step_size
+        search.fast_weight = fast_keep * search.fast_weight + (1 - fast_keep)
+        search.slow_weight = slow_keep * search.slow_weight + (1 - slow_keep)
+        fast, slow = search.fast_avg / search.fast_weight, search.slow_avg / search.slow_weight
         ratio = max(fast / slow, slow / fast)
-        search.interval = MAX_INTERVAL if ratio <= 1 else min(MAX_INTERVAL, max(1, round(1 / (ratio - 1))))
+        longest = self.max_interval
+        search.interval = longest if ratio <= 1 else min(longest, max(1, round(1 / (ratio - 1))))
 
     # ---- helpers --------------------------------------------------------------------------------
+
+    def _predicted_decrease(self, groups: list[dict], vectors: str) -> float:
+        """``<g, P x>`` summed over the groups, ``x`` the gradients or Adam's bias-corrected ``m``."""
+        total = 0.0
+        for group in groups:
+            dot = F.preconditioned_dot(
+                group["grads"], group[vectors], group["exp_avg_sqs"], self._bias_correction2(group), group["eps"],
+                foreach=group["foreach"],
+            )
+            total += dot / (1 - group["betas"][0] ** self.search.step) if vectors == "exp_avgs" else dot
+        return total
 
     def _bias_correction2(self, group: dict) -> float:
         return 1 - group["betas"][1] ** self.search.step
@@ -417,4 +560,4 @@ class SaLSa(Optimizer):
 
     def _mirror_step_size(self) -> None:
         for group in self.param_groups:
-            group["lr"] = self.search.step_size
+            group["lr"] = self.effective_step_size

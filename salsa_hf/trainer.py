@@ -63,8 +63,11 @@ class SaLSaTrainer(Trainer):
         return Trainer.get_optimizer_cls_and_kwargs(args, model)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
-        if self.lr_scheduler is None and _is_line_search(_unwrap(optimizer or self.optimizer)):
-            self.lr_scheduler = StepSizeReport(_unwrap(optimizer or self.optimizer))
+        inner = _unwrap(optimizer or self.optimizer)
+        if isinstance(inner, SaLSa):
+            inner.set_total_steps(num_training_steps)  # where the cool-down ends
+        if self.lr_scheduler is None and _is_line_search(inner):
+            self.lr_scheduler = StepSizeReport(inner)
             self._created_lr_scheduler = True
         return super().create_scheduler(num_training_steps, optimizer)
 
@@ -146,7 +149,7 @@ class SaLSaTrainer(Trainer):
         optimizer = self.line_search
         if optimizer is not None and "loss" in logs:
             search = optimizer.search
-            logs["learning_rate"] = search.step_size
+            logs["learning_rate"] = optimizer.param_groups[0]["lr"]  # the step taken (after any cool-down)
             logs.update({
                 f"{LOG_PREFIX}step_size": search.step_size,
                 f"{LOG_PREFIX}interval": search.interval,
@@ -180,7 +183,9 @@ def salsa_model_card(card: str, salsa: SaLSa, name: str) -> str:
     optimizer = (
         f"- optimizer: SaLSa ({name}: {salsa.preconditioner} preconditioner, c={salsa.c}, beta3={salsa.beta3}, "
         f"delta={salsa.delta}, growth={salsa.growth} per {salsa.grow_on}, init_step_size={salsa.init_step_size}, "
-        f"smoothing={salsa.smoothing}, adaptive_frequency={salsa.adaptive_frequency}, "
+        f"smoothing={salsa.smoothing} per {salsa.smooth_over}, adaptive_frequency={salsa.adaptive_frequency} "
+        f"(max_interval={salsa.max_interval}), search_direction={salsa.search_direction}, "
+        f"loss_trend={salsa.loss_trend}, cooldown={salsa.cooldown}, "
         f"betas={tuple(salsa.defaults['betas'])}, eps={salsa.defaults['eps']})"
     )
     card = re.sub(r"^- optimizer: .*?(?=^- |\Z)", optimizer + "\n", card, flags=re.M | re.S)

@@ -61,6 +61,24 @@ class SaLSaTrainingArguments(TrainingArguments):
     salsa_search_step: str | None = _salsa_field(
         "search_step", "Step taken on a search step: 'momentum' (Adam step) or 'trial' (the accepted trial point)."
     )
+    salsa_search_direction: str | None = _salsa_field(
+        "search_direction",
+        "Direction searched: 'previous' (the update of the steps before, tested on this batch), 'update' "
+        "(this step's update) or 'gradient' (the paper's -P g).",
+    )
+    salsa_smooth_over: str | None = _salsa_field(
+        "smooth_over", "The smoothing's clock: 'step' (beta3 per optimizer step) or 'search' (per search, the paper)."
+    )
+    salsa_max_interval: int | None = _salsa_field("max_interval", "Longest interval between searches, >= 1.")
+    salsa_backtracking: str | None = _salsa_field(
+        "backtracking", "'accelerating' (the j-th rejection multiplies by delta**j) or 'constant' (by delta)."
+    )
+    salsa_loss_trend: bool | None = _salsa_field(
+        "loss_trend", "Back off instead of growing when the training loss rose since the last search."
+    )
+    salsa_cooldown: float | None = _salsa_field(
+        "cooldown", "Share of the run's steps at the end over which the step decays linearly to 0, in [0, 1)."
+    )
 
     def __post_init__(self):
         if self.optim not in ALL_OPTIMIZERS:

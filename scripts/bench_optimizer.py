@@ -4,7 +4,7 @@ A small BERT built from a config (random init) is trained twice from the same we
 AdamW (lr 1e-3 unless --adamw_lr, torch defaults otherwise) taking turns on each batch, so both see
 the same machine load. Real MRPC sentence pairs from ../shared/data when present, random tokens otherwise.
 
-    python scripts/bench_optimizer.py --steps 400
+    python scripts/bench_optimizer.py --steps 1000
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--seq_len", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
@@ -72,7 +72,8 @@ def main() -> None:
     salsa_model = BertForSequenceClassification(config)
     adamw_model = copy.deepcopy(salsa_model)
     overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
-    salsa = SaLSa.from_name(args.optim, salsa_model.parameters(), **overrides)
+    # total_steps as SaLSaTrainer sets it (the cool-down's end).
+    salsa = SaLSa.from_name(args.optim, salsa_model.parameters(), total_steps=args.steps, **overrides)
     adamw = torch.optim.AdamW(adamw_model.parameters(), lr=args.adamw_lr)
     batches, source = make_batches(args.steps, args.batch_size, args.seq_len, config.vocab_size, args.seed)
 

@@ -3,6 +3,7 @@
     python scripts/reproduce.py --suite offline                  # ~1 hour on 2 CPU cores
     python scripts/reproduce.py --suite offline --tasks mrpc --optimizers adam salsa --seeds 42 43
     python scripts/reproduce.py --suite paper --runs_dir runs/paper   # Hub models and data, for a GPU
+    python scripts/reproduce.py --suite lab --optimizers salsa --seeds 0 1 2   # the optimizer lab (scripts/lab.py)
 
 Each finished run leaves one JSON in RUNS_DIR/results (its log history, validation metrics, wall
 time and the command that made it); a run whose JSON exists is skipped, so an interrupted grid
@@ -120,8 +121,17 @@ def write_atomically(path: Path, record: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # --suite lab: the optimizer lab, in process, with its own flags (scripts/lab.py --help).
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--suite")
+    known, rest = pre.parse_known_args(argv)
+    if known.suite == "lab":
+        import lab
+
+        return lab.main(rest)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", choices=tuple(SUITES), default="offline")
+    parser.add_argument("--suite", choices=(*SUITES, "lab"), default="offline",
+                        help="offline, paper, or lab (the optimizer lab: see scripts/lab.py --help)")
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     parser.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=list(OPTIMIZERS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[42])

@@ -83,8 +83,10 @@ def preconditioned_sq_norm(optimizer: SaLSa) -> float:
 
 
 def test_every_accepted_search_satisfies_the_smoothed_armijo_inequality(cancer):
+    """The paper's test (eq. 3.6-3.9): averages decayed per search, backtracking by delta."""
     model = mlp()
-    opt = SaLSa(model.parameters(), search_step="trial", c=0.3, beta3=0.9)
+    opt = SaLSa(model.parameters(), search_step="trial", search_direction="gradient", c=0.3, beta3=0.9,
+                smooth_over="search", backtracking="constant")
     searched = 0
     for xb, yb in batches(cancer, 80):
         trial_losses = []
@@ -357,21 +359,26 @@ def test_a_non_finite_first_step_creates_no_state(cancer):
     assert len(opt.state) == 0 and opt.search.step == 0 and opt.search.skipped_steps == 1
 
 
-def test_non_finite_trial_losses_are_rejected(cancer):
-    model = mlp(dropout=0.0)
-    opt = SaLSa(model.parameters())
-    xb, yb = next(batches(cancer, 1))
+def closure_spoiling_first_trials(model, xb, yb, count, spoil):
+    """A closure whose first ``count`` trial evaluations (no grad) return ``spoil(loss)``."""
     calls = {"trials": 0}
 
     def closure():
         loss = torch.nn.functional.cross_entropy(model(xb), yb)
         if not torch.is_grad_enabled():
             calls["trials"] += 1
-            if calls["trials"] <= 3:
-                return loss * float("inf")
+            if calls["trials"] <= count:
+                return spoil(loss)
         return loss
 
-    opt.step(closure)
+    return closure
+
+
+def test_non_finite_trial_losses_are_rejected(cancer):
+    model = mlp(dropout=0.0)
+    opt = SaLSa(model.parameters(), backtracking="constant")
+    xb, yb = next(batches(cancer, 1))
+    opt.step(closure_spoiling_first_trials(model, xb, yb, 3, lambda loss: loss * float("inf")))
     assert opt.search.last_backtracks == 3
     assert opt.search.step_size == pytest.approx(opt.init_step_size * opt.growth * opt.delta**3)
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -422,7 +429,7 @@ def test_counters_match_what_happened(cancer):
     assert search.trial_forwards == evaluations["trial"]
     assert search.trial_forwards == search.searches + search.backtracks
     assert search.extra_forward_fraction == pytest.approx(evaluations["trial"] / 50)
-    assert 1 <= search.interval <= 10
+    assert 1 <= search.interval <= opt.max_interval
     assert opt.param_groups[0]["lr"] == search.step_size
 
 
@@ -459,6 +466,13 @@ BAD_ARGUMENTS = [
     ("preconditioner", "lion", "'adam', 'sgd'"),
     ("grow_on", "epoch", "'search', 'step'"),
     ("search_step", "newton", "'momentum', 'trial'"),
+    ("search_direction", "random", "'update', 'previous', 'gradient'"),
+    ("smooth_over", "epoch", "'step', 'search'"),
+    ("backtracking", "bisect", "'accelerating', 'constant'"),
+    ("max_interval", 0, ">= 1"), ("max_interval", 2.5, ">= 1"),
+    ("cooldown", 1.0, "[0, 1)"), ("cooldown", -0.1, "[0, 1)"),
+    ("total_steps", 0, ">= 1"), ("total_steps", 10.5, ">= 1"),
+    ("loss_trend", 1, "True or False"),
     ("smoothing", "yes", "True or False"), ("foreach", None, "True or False"),
 ]
 
@@ -488,4 +502,150 @@ def test_presets_are_the_papers_four_optimizers():
     assert (salsa.preconditioner, salsa.smoothing, salsa.adaptive_frequency) == ("adam", True, True)
     assert (salsa_sgd.preconditioner, salsa_sgd.smoothing) == ("sgd", True)
     assert (sls.preconditioner, sls.beta3, sls.adaptive_frequency, sls.c) == ("adam", 0.0, False, 0.1)
+    # The plain baselines keep none of SaLSa's additions: a search along the gradient on every step.
+    assert (sls.search_direction, sls.grow_on, sls.backtracking, sls.loss_trend, sls.cooldown) == (
+        "gradient", "step", "constant", False, 0.0)
     assert (sls_sgd.preconditioner, sls_sgd.beta3, sls_sgd.adaptive_frequency) == ("sgd", 0.0, False)
+
+
+def test_smoothing_over_steps_weighs_a_search_by_the_steps_it_stands_for(cancer):
+    """smooth_over="step": a search k steps after the averages last moved keeps beta3**k of them."""
+    model = mlp()
+    opt = SaLSa(model.parameters(), search_step="trial", search_direction="gradient", beta3=0.95,
+                smooth_over="step", warmup_searches=3)
+    checked = 0
+    for xb, yb in batches(cancer, 120):
+        before = copy.copy(opt.search)
+        opt.step(loss_closure(model, xb, yb))
+        after = opt.search
+        if after.last_searched and after.last_backtracks < opt.max_backtracks:
+            keep = 0.95 ** (before.average_age + 1)
+            expected = keep * before.norm_avg + (1 - keep) * preconditioned_sq_norm(opt)
+            assert after.norm_avg == pytest.approx(expected, rel=1e-5)
+            assert after.average_age == 0
+            checked += before.average_age + 1 > 1  # a search after quiet steps
+        else:
+            assert after.average_age == before.average_age + 1
+    assert checked >= 3
+
+
+def test_accelerating_backtracking_shrinks_by_delta_then_delta_squared_and_so_on(cancer):
+    model = mlp(dropout=0.0)
+    opt = SaLSa(model.parameters(), backtracking="accelerating", delta=0.8, grow_on="search")
+    xb, yb = next(batches(cancer, 1))
+    opt.step(closure_spoiling_first_trials(model, xb, yb, 4, lambda loss: loss + 1.0))
+    assert opt.search.last_backtracks == 4
+    assert opt.search.step_size == pytest.approx(opt.init_step_size * opt.growth * 0.8 ** (1 + 2 + 3 + 4))
+
+
+def test_searching_along_the_update_accepts_the_adam_step_it_tested(cancer):
+    """search_direction="update": the accepted trial point is the Adam step at the step size found."""
+    model = mlp(dropout=0.0)
+    opt = SaLSa(model.parameters(), search_direction="update", warmup_searches=100)
+    data = list(batches(cancer, 6))
+    for xb, yb in data[:5]:
+        opt.step(loss_closure(model, xb, yb))
+    reference = copy.deepcopy(model)
+    adam = torch.optim.Adam(reference.parameters(), foreach=False)
+    adam_state = adam.state_dict()
+    for index, p in enumerate(model.parameters()):
+        adam_state["state"][index] = {"step": torch.tensor(float(opt.search.step)),
+                                      "exp_avg": opt.state[p]["exp_avg"].clone(),
+                                      "exp_avg_sq": opt.state[p]["exp_avg_sq"].clone()}
+    adam.load_state_dict(adam_state)
+    trial_points = []
+    xb, yb = data[5]
+
+    def closure():
+        if not torch.is_grad_enabled():
+            trial_points.append([p.detach().clone() for p in model.parameters()])
+        return torch.nn.functional.cross_entropy(model(xb), yb)
+
+    opt.step(closure)
+    assert opt.search.last_searched and trial_points
+    adam.param_groups[0]["lr"] = opt.search.step_size
+    torch.nn.functional.cross_entropy(reference(xb), yb).backward()
+    adam.step()
+    for a, b, trial in zip(model.parameters(), reference.parameters(), trial_points[-1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+        assert torch.equal(a, trial)  # no move after the accepted trial
+
+
+def test_cooldown_decays_the_step_linearly_to_the_last_step_and_stops_searching(cancer):
+    model = mlp(dropout=0.0)
+    opt = SaLSa(model.parameters(), total_steps=40, cooldown=0.25)
+    scales, searched = [], []
+    for xb, yb in batches(cancer, 40):
+        scales.append(opt.step_scale)
+        found = opt.search.step_size
+        opt.step(loss_closure(model, xb, yb))
+        searched.append(opt.search.last_searched)
+        if scales[-1] < 1:
+            assert opt.search.step_size == found  # kept, not searched or grown
+            assert opt.param_groups[0]["lr"] == pytest.approx(found * opt.step_scale)
+    assert scales[:30] == [1.0] * 30
+    assert scales[30:] == pytest.approx([(10 - k) / 10 for k in range(10)])
+    assert not any(searched[31:]) and any(searched[:30])  # step 31 still takes the full step
+
+
+def test_without_total_steps_there_is_no_cooldown(cancer):
+    model = mlp()
+    opt = SaLSa(model.parameters(), cooldown=0.5)
+    train(model, opt, cancer, 20)
+    assert opt.step_scale == 1.0 and opt.effective_step_size == opt.search.step_size
+    opt.set_total_steps(30)
+    assert opt.step_scale == pytest.approx(10 / 15)
+
+
+def test_searching_along_the_previous_update_tests_it_on_this_batch_then_takes_the_adam_step(cancer):
+    """search_direction="previous": trials lie along the update of the steps before, evaluated on
+    this batch; the step taken is Adam's with this batch's gradient, at the step size found."""
+    model = mlp(dropout=0.0)
+    opt = SaLSa(model.parameters(), search_direction="previous", warmup_searches=100, backtracking="constant")
+    data = list(batches(cancer, 8))
+    for xb, yb in data[:7]:
+        opt.step(loss_closure(model, xb, yb))
+    start = [p.detach().clone() for p in model.parameters()]
+    step = opt.search.step
+    previous = [(opt.state[p]["exp_avg"] / (1 - 0.9**step), (opt.state[p]["exp_avg_sq"] / (1 - 0.999**step)).sqrt() + 1e-8)
+                for p in model.parameters()]
+    trial_points = []
+    xb, yb = data[7]
+
+    def closure():
+        if not torch.is_grad_enabled():
+            trial_points.append([p.detach().clone() for p in model.parameters()])
+        return torch.nn.functional.cross_entropy(model(xb), yb)
+
+    reference = copy.deepcopy(model)
+    adam = torch.optim.Adam(reference.parameters(), foreach=False)
+    adam_state = adam.state_dict()
+    for index, p in enumerate(model.parameters()):
+        adam_state["state"][index] = {"step": torch.tensor(float(step)), "exp_avg": opt.state[p]["exp_avg"].clone(),
+                                      "exp_avg_sq": opt.state[p]["exp_avg_sq"].clone()}
+    adam.load_state_dict(adam_state)
+    opt.step(closure)
+    if not opt.search.last_searched:
+        pytest.skip("this batch found the previous direction uphill (the search was postponed)")
+    eta = opt.search.step_size
+    for trial_k, trial in enumerate(trial_points):
+        trial_eta = eta / opt.delta ** (len(trial_points) - 1 - trial_k)
+        for x, w0, (m_hat, denom) in zip(trial, start, previous):
+            torch.testing.assert_close(x, w0 - trial_eta * m_hat / denom, rtol=0, atol=1e-6)
+    adam.param_groups[0]["lr"] = eta
+    torch.nn.functional.cross_entropy(reference(xb), yb).backward()
+    adam.step()
+    for a, b in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_loss_trend_backs_off_while_the_training_loss_rises_and_grows_while_it_falls():
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
+    opt = SaLSa([w], loss_trend=True, grow_on="search", growth=1.1, delta=0.8, adaptive_frequency=False,
+                init_step_size=1e-4)
+    # (The training loss is an average over about ten steps: a fall must outweigh the rises before it.)
+    for offset, factor in [(0.0, 1.1), (0.5, 0.8), (1.0, 0.8), (-3.0, 1.1), (-6.0, 1.1)]:
+        before = opt.search.step_size
+        opt.step(lambda: (w**2).sum() + offset)  # the offset moves the loss from step to step
+        assert opt.search.last_searched and opt.search.last_backtracks == 0
+        assert opt.search.step_size == pytest.approx(before * factor)

@@ -66,7 +66,12 @@ def test_every_optim_name_trains_and_logs(tmp_path, make_bert, mrpc_train, bert_
     for key in ("step_size", "interval", "searches", "backtracks", "extra_forward_fraction",
                 "skipped_steps", "failed_searches"):
         assert f"salsa/{key}" in last
-    assert last["learning_rate"] == last["salsa/step_size"] == salsa.search.step_size
+    assert last["salsa/step_size"] == salsa.search.step_size
+    # learning_rate is the step the next step takes: the step size times the cool-down's factor
+    # (the Trainer told SaLSa the run's length; at the end of the run that factor is 0).
+    assert salsa.total_steps == 8
+    assert last["learning_rate"] == salsa.param_groups[0]["lr"] == salsa.effective_step_size
+    assert salsa.effective_step_size == salsa.search.step_size * salsa.step_scale
     assert last["salsa/searches"] == salsa.search.searches >= 4
     assert last["salsa/extra_forward_fraction"] == pytest.approx(salsa.search.trial_forwards / 8)
 
@@ -83,7 +88,8 @@ def test_salsa_figures_reach_the_callbacks_that_integrations_use(tmp_path, make_
     trainer.train()
     training_logs = [logs for logs in seen if "loss" in logs]
     assert len(training_logs) == 2
-    assert all(logs["salsa/step_size"] == logs["learning_rate"] for logs in training_logs)
+    assert all("salsa/step_size" in logs and "learning_rate" in logs for logs in training_logs)
+    assert training_logs[0]["learning_rate"] == training_logs[0]["salsa/step_size"]  # before the cool-down
 
 
 def test_trial_closure_reproduces_the_trainers_loss_exactly(tmp_path, make_bert, mrpc_train, bert_tokenizer):

@@ -1,0 +1,79 @@
+"""The optimizer lab (scripts/lab.py) and its table (scripts/lab_report.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from .test_scripts import load_script
+
+lab = load_script("lab")
+lab_report = load_script("lab_report")
+
+
+def fake_run(workload, optimizer, final, *, seed=0, steps=100, accuracy=0.9, trials=None, search_steps=()):
+    run = {"workload": workload, "optimizer": optimizer, "seed": seed, "steps": steps, "seconds": 1.0,
+           "validation_accuracy": accuracy, "losses": [9.0] * (steps - 5) + [final] * 5}
+    if trials is not None:
+        run.update(trial_forwards=trials, search_steps=list(search_steps))
+    return run
+
+
+def write_runs(tmp_path, runs):
+    for run in runs:
+        path = lab.result_path(tmp_path, run["workload"], run["optimizer"], run["seed"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(run))
+
+
+def test_report_ratios_are_paired_by_seed_against_the_best_rate_and_the_defaults(tmp_path):
+    write_runs(tmp_path, [
+        fake_run("a", "adamw_defaults", 2.0, seed=0), fake_run("a", "adamw_defaults", 4.0, seed=1),
+        fake_run("a", "adamw_0.001", 1.0, seed=0), fake_run("a", "adamw_0.001", 2.0, seed=1),
+        fake_run("a", "salsa", 1.5, seed=0, trials=20, search_steps=range(0, 100, 5)),
+        fake_run("a", "salsa", 1.0, seed=1, trials=20, search_steps=range(0, 100, 5)),
+        fake_run("b", "adamw_defaults", 0.5), fake_run("b", "adamw_0.001", 0.8),
+        fake_run("b", "salsa", 0.4, accuracy=0.95, trials=10, search_steps=range(0, 10)),
+    ])
+    rows, best = lab_report.summarize(lab_report.load(tmp_path))
+    assert best == {"a": "adamw_0.001", "b": "adamw_defaults"}
+    assert lab_report.paired_ratio(rows, "a", "salsa", "adamw_0.001") == pytest.approx((1.5 / 1.0 + 1.0 / 2.0) / 2)
+    assert rows["a", "salsa"]["extra"] == pytest.approx(0.2)
+    # 20 searches, one every 5 steps: after the first 10 steps 18 searches over 90 steps.
+    assert rows["a", "salsa"]["extra_late"] == pytest.approx(18 * 1.0 / 90)
+    assert rows["b", "salsa"]["extra_late"] == 0.0  # every search in the first 10%
+    table = lab_report.write_report(tmp_path)
+    assert (tmp_path / "table.md").read_text() == table
+    geometric = math.sqrt(1.0 * 0.8)  # a: mean of 1.5 and 0.5; b: 0.4 / 0.5
+    assert f"| salsa | 2 | {geometric:.3f} | 1.000 (a) |" in table
+
+
+def test_final_loss_is_the_mean_of_the_last_five_percent():
+    assert lab_report.final_loss([float(i) for i in range(100)]) == pytest.approx(97.0)
+    assert lab_report.final_loss([3.0, 2.0]) == 2.0
+
+
+def test_variants_are_validated():
+    assert lab.parse_variant('strict={"c": 0.9}') == ("strict", {"c": 0.9})
+    for bad in ("strict", 'strict={"c": }', "strict=[1]"):
+        with pytest.raises(Exception, match="--variant"):
+            lab.parse_variant(bad)
+
+
+def test_a_real_grid_runs_the_same_batches_for_every_optimizer_and_resumes(tmp_path, capsys):
+    """mlp_digits (scikit-learn's digits) end to end: SaLSa and one AdamW rate, then a resume."""
+    argv = ["--workloads", "mlp_digits", "--optimizers", "salsa", "adamw_0.01", "--jobs", "1",
+            "--runs_dir", str(tmp_path)]
+    lab.main(argv)
+    salsa = json.loads(lab.result_path(tmp_path, "mlp_digits", "salsa", 0).read_text())
+    adamw = json.loads(lab.result_path(tmp_path, "mlp_digits", "adamw_0.01", 0).read_text())
+    assert len(salsa["losses"]) == len(adamw["losses"]) == lab.WORKLOADS["mlp_digits"].steps
+    assert salsa["losses"][0] == adamw["losses"][0]  # same weights, batch and dropout mask at step 1
+    assert salsa["trial_forwards"] >= len(salsa["search_steps"]) > 0
+    assert lab_report.final_loss(salsa["losses"]) < 0.5 * salsa["losses"][0]
+    assert (tmp_path / "table.md").exists()
+    capsys.readouterr()
+    lab.main(argv)
+    assert capsys.readouterr().out.count("done before, skipped") == 2
