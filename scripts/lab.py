@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
@@ -187,9 +187,8 @@ class MLP(nn.Module):
 
     def forward(self, inputs, labels):
         logits = self.net(inputs)
+        # The same outputs as a transformers model: ``model(**batch)["loss"]`` works for both.
         return {"logits": logits, "loss": nn.functional.cross_entropy(logits, labels)}
-
-    # The same call as a transformers model: ``model(**batch)["loss"]``.
 
 
 def mlp_digits(steps: int, batch_size: int = 64):
