@@ -1,8 +1,9 @@
 """salsa-hf: SaLSa, the learning-rate-free line-search optimizer, for the Hugging Face Trainer."""
 
 from .optimizer import PRESETS, LineSearchState, SaLSa
-from .trainer import SaLSaTrainer
-from .training_args import SaLSaTrainingArguments
+from .trainer import SaLSaMixin, SaLSaTrainer
+from .training_args import SaLSaArguments, SaLSaTrainingArguments
 
-__all__ = ["PRESETS", "LineSearchState", "SaLSa", "SaLSaTrainer", "SaLSaTrainingArguments"]
+__all__ = ["PRESETS", "LineSearchState", "SaLSa", "SaLSaArguments", "SaLSaMixin", "SaLSaTrainer",
+           "SaLSaTrainingArguments"]
 __version__ = "0.1.0"

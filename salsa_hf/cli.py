@@ -110,29 +110,3 @@ def run_or_exit(main) -> None:
     except (UsageError, FileNotFoundError) as err:
         print(f"{Path(sys.argv[0]).name}: error: {err}", file=sys.stderr)
         sys.exit(2)
-
-
-def final_training_loss(log_history: list[dict]) -> float | None:
-    """The last logged training loss (the Trainer logs it every ``logging_steps``)."""
-    losses = [entry["loss"] for entry in log_history if "loss" in entry]
-    return losses[-1] if losses else None
-
-
-def print_summary(title: str, figures: dict[str, str], trainer) -> None:
-    """A few readable lines at the end of a run: the task's figures and what SaLSa did."""
-    lines = dict(figures)
-    loss = final_training_loss(trainer.state.log_history)
-    if loss is not None:
-        lines["final training loss"] = f"{loss:.4f}"
-    optimizer = getattr(trainer, "line_search", None)
-    if optimizer is not None:
-        search = optimizer.search
-        lines["SaLSa step size"] = f"{search.step_size:.3g} (searching every {search.interval} steps at the end)"
-        lines["extra compute"] = (
-            f"{search.extra_forward_fraction:.1%} extra forward passes ({search.searches} line searches, "
-            f"{search.backtracks} backtracks)"
-        )
-    width = max(map(len, lines))
-    print(f"\n== {title}")
-    for key, value in lines.items():
-        print(f"  {key:<{width}}  {value}")

@@ -52,5 +52,20 @@ def glue_metrics(metric: str, predictions: np.ndarray, labels: np.ndarray) -> di
         return {"matthews_correlation": float(matthews_corrcoef(labels, predictions))}
     scores = {"accuracy": float(accuracy_score(labels, predictions))}
     if metric == "accuracy_f1":
-        scores["f1"] = float(f1_score(labels, predictions))
+        scores["f1"] = float(f1_score(labels, predictions, zero_division=0.0))
     return scores
+
+
+def trivial_baseline(metric: str, train_labels, eval_labels) -> tuple[str, dict[str, float]]:
+    """What a model that ignores its input scores on the validation labels: it predicts the
+    training set's most frequent class, or, for regression, the training mean (then the figure is
+    the mean squared error, which a constant's undefined correlation cannot give).
+    Returns (what it predicts, its metrics)."""
+    train_labels, eval_labels = np.asarray(train_labels), np.asarray(eval_labels)
+    if metric == "correlation":
+        mean = float(train_labels.mean())
+        return f"the training mean {mean:.3g}", {"mse": float(np.mean((eval_labels - mean) ** 2))}
+    train_labels, eval_labels = train_labels[train_labels >= 0], eval_labels[eval_labels >= 0]  # -1: unlabelled
+    values, counts = np.unique(train_labels, return_counts=True)
+    majority = values[np.argmax(counts)]
+    return f"always class {majority}", glue_metrics(metric, np.full(len(eval_labels), majority), eval_labels)

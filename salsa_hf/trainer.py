@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from .optimizer import SaLSa
 from .peers import PEER_OPTIMIZERS
 from .rng import RngState
-from .training_args import SaLSaTrainingArguments
+from .training_args import SaLSaArguments
 
 LOG_PREFIX = "salsa/"
 
@@ -36,11 +37,41 @@ class StepSizeReport(LRScheduler):
         return self.get_lr()
 
 
-class SaLSaTrainer(Trainer):
-    """A ``Trainer`` whose optimizer steps run SaLSa's line search.
+@dataclass
+class TracedStep:
+    step: int
+    loss: float
+    step_size: float  # the step taken (after any cool-down)
+    searched: bool
 
-    Use it with ``SaLSaTrainingArguments(optim="salsa")`` (or ``salsa_sgd``, ``sls``, ``sls_sgd``),
-    or hand it a ``SaLSa`` instance through ``optimizers=``. Any optimizer with ``prepare_step(loss,
+
+class StepTrace(TrainerCallback):
+    """Per optimizer step of a line search: the loss, the step size taken, whether it searched.
+
+    It also says, before the first step, why the first steps take longer."""
+
+    def __init__(self):
+        self.steps: list[TracedStep] = []
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        inner = _unwrap(optimizer)
+        if _is_line_search(inner) and inner.search.step == 0 and state.is_world_process_zero:
+            print("SaLSa: the first line searches find the step size's scale, so the first steps take "
+                  "longer than the rest.", flush=True)
+
+    def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+        inner = _unwrap(optimizer)
+        loss = getattr(inner.search, "previous_loss", None) if _is_line_search(inner) else None
+        if loss is not None:
+            self.steps.append(TracedStep(state.global_step, loss, inner.param_groups[0]["lr"], inner.search.last_searched))
+
+
+class SaLSaMixin:
+    """SaLSa's line search in the optimizer steps of any ``Trainer`` subclass:
+    ``class MyTrainer(SaLSaMixin, SomeTrainer)`` (``SaLSaTrainer`` is this over ``Trainer``).
+
+    Use it with arguments that include ``SaLSaArguments`` (``SaLSaTrainingArguments(optim="salsa")``,
+    or ``salsa_sgd``, ``sls``, ``sls_sgd``), or hand it a ``SaLSa`` instance through ``optimizers=``. Any optimizer with ``prepare_step(loss,
     evaluate)`` and a ``search`` state is driven the same way (the authors' SaLSa adapter is one).
     With any other optimizer it is the plain ``Trainer``, except that evaluation leaves the training
     random streams where they were.
@@ -51,14 +82,31 @@ class SaLSaTrainer(Trainer):
         # (inputs, num_items_in_batch, random state before its forward) of the current step's micro-batches.
         self._micro_batches: list[tuple[dict[str, Any], Any, RngState]] = []
         self._step_loss: torch.Tensor | None = None
+        self.step_trace = StepTrace()  # read by the scripts' summary and plot
+        self.callback_handler.callbacks.insert(0, self.step_trace)  # first: its note comes before the progress bar
+
+    def train(self, *args, **kwargs):
+        if self.is_deepspeed_enabled and self._uses_line_search():
+            raise ValueError(
+                "SaLSa cannot run under DeepSpeed: its engine takes the optimizer step inside backward(), "
+                "where the line search cannot reach the loss or evaluate trial points. Scale out with DDP "
+                "(torchrun, several processes) or FSDP instead."
+            )
+        return super().train(*args, **kwargs)
+
+    def _uses_line_search(self) -> bool:
+        """Whether this run's optimizer is, or will be created as, a line search."""
+        if self.optimizer is not None:
+            return _is_line_search(_unwrap(self.optimizer))
+        return isinstance(self.args, SaLSaArguments) and self.args.uses_salsa
 
     # ---- optimizer and scheduler ----------------------------------------------------------------
 
     @staticmethod
     def get_optimizer_cls_and_kwargs(args, model=None):
-        if isinstance(args, SaLSaTrainingArguments) and args.uses_salsa:
+        if isinstance(args, SaLSaArguments) and args.uses_salsa:
             return SaLSa, args.salsa_kwargs()
-        if isinstance(args, SaLSaTrainingArguments) and args.optim_name in PEER_OPTIMIZERS:
+        if isinstance(args, SaLSaArguments) and args.optim_name in PEER_OPTIMIZERS:
             return PEER_OPTIMIZERS[args.optim_name](args, model)
         return Trainer.get_optimizer_cls_and_kwargs(args, model)
 
@@ -175,6 +223,10 @@ class SaLSaTrainer(Trainer):
             card = f.read()
         with open(path, "w", encoding="utf-8") as f:
             f.write(salsa_model_card(card, salsa, getattr(self.args, "optim", "salsa")))
+
+
+class SaLSaTrainer(SaLSaMixin, Trainer):
+    """A ``Trainer`` whose optimizer steps run SaLSa's line search (see ``SaLSaMixin``)."""
 
 
 def salsa_model_card(card: str, salsa: SaLSa, name: str) -> str:

@@ -7,6 +7,7 @@ import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import torch
 from transformers import TrainingArguments
 from transformers.training_args import OptimizerNames
 
@@ -30,8 +31,10 @@ def _salsa_field(name: str, help_text: str, default_text: str | None = None) -> 
 
 
 @dataclass
-class SaLSaTrainingArguments(TrainingArguments):
-    """``TrainingArguments`` plus the SaLSa optimizers and their settings.
+class SaLSaArguments:
+    """The SaLSa optimizers and their settings, for any ``TrainingArguments`` subclass:
+    ``@dataclass class MyConfig(SaLSaArguments, SFTConfig)`` (``SaLSaTrainingArguments`` is this
+    over ``TrainingArguments``).
 
     ``optim`` accepts ``salsa`` (SaLSa with Adam), ``salsa_sgd``, ``sls`` and ``sls_sgd`` (plain
     stochastic Armijo), the peers ``prodigy`` and ``salsa_authors`` (see ``peers.py``), and every
@@ -74,13 +77,17 @@ class SaLSaTrainingArguments(TrainingArguments):
         "backtracking", "'accelerating' (the j-th rejection multiplies by delta**j) or 'constant' (by delta)."
     )
     salsa_loss_trend: bool | None = _salsa_field(
-        "loss_trend", "Back off instead of growing when the training loss rose since the last search."
+        "loss_trend", "Grow the step size only when the training loss fell by more than its noise since the "
+        "last search; back off when it rose by more; else hold."
     )
     salsa_cooldown: float | None = _salsa_field(
-        "cooldown", "Share of the run's steps at the end over which the step decays linearly to 0, in [0, 1)."
+        "cooldown", "Share of the run's steps at the end over which the step taken decays linearly to 0, in [0, 1] "
+        "(1: the Trainer's linear schedule over the whole run)."
     )
 
     def __post_init__(self):
+        if self.dataloader_pin_memory and (self.use_cpu or not torch.accelerator.is_available()):
+            self.dataloader_pin_memory = False  # pinning needs an accelerator; torch would warn on every loader
         if self.optim not in ALL_OPTIMIZERS:
             raise ValueError(f"optim {self.optim!r} is not known; choose one of: {', '.join(ALL_OPTIMIZERS)}")
         if self.optim not in SALSA_OPTIMIZERS + tuple(PEER_OPTIMIZERS):
@@ -92,7 +99,7 @@ class SaLSaTrainingArguments(TrainingArguments):
         if ignored:
             warnings.warn(
                 f"{', '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} not used with optim="
-                f"{self.optim!r}: SaLSa's line search sets the step size, and no schedule applies.",
+                f"{self.optim!r}: SaLSa's line search sets the step size (its own salsa_cooldown decays it).",
                 UserWarning,
                 stacklevel=3,
             )
@@ -125,3 +132,8 @@ class SaLSaTrainingArguments(TrainingArguments):
             "eps": self.adam_epsilon,
             **overrides,
         }
+
+
+@dataclass
+class SaLSaTrainingArguments(SaLSaArguments, TrainingArguments):
+    """``TrainingArguments`` plus the SaLSa optimizers and their settings (``SaLSaArguments``)."""

@@ -1,5 +1,6 @@
 """Reproduce the talk's table: optimizers x tasks x seeds through run_glue.py and run_clm.py.
 
+    python scripts/reproduce.py --suite demo                     # SaLSa vs AdamW on the main job, ~10 min
     python scripts/reproduce.py --suite offline                  # ~1 hour on 2 CPU cores
     python scripts/reproduce.py --suite offline --tasks mrpc --optimizers adam salsa --seeds 42 43
     python scripts/reproduce.py --suite paper --runs_dir runs/paper   # Hub models and data, for a GPU
@@ -67,6 +68,8 @@ SUITES = {
                {**(OFFLINE_GPT2 if task == "gpt2" else OFFLINE_GLUE), "logging_steps": 1})
         for task in TASKS
     },
+    # The README's main job (SST2) with SaLSa and with AdamW at the Trainer's defaults, same batches.
+    "demo": {"sst2": ("run_glue.py", "glue_configs/offline/sst2.json", {"max_steps": None, "logging_steps": 5})},
     "paper": {
         task: ("run_clm.py" if task == "gpt2" else "run_glue.py", f"glue_configs/{task}.json",
                {"max_steps": PAPER_STEPS[task], "logging_steps": 10, "save_strategy": "no"})
@@ -78,7 +81,8 @@ SUITES = {
 def run_command(suite: str, task: str, optimizer: str, seed: int, output_dir: str,
                 max_steps: int | None = None) -> list[str]:
     script, config, flags = SUITES[suite][task]
-    flags = {**flags, "max_steps": max_steps or flags["max_steps"]}
+    max_steps = max_steps or flags["max_steps"] or json.loads((REPO / config).read_text())["max_steps"]
+    flags = {**flags, "max_steps": max_steps}
     flags = {**flags, **optimizer_settings(flags["max_steps"])[optimizer], "seed": seed,
              "output_dir": output_dir, "save_strategy": "no", "report_to": "none", "disable_tqdm": True}
     return [sys.executable, f"scripts/{script}", config, *(f"--{k}={v}" for k, v in flags.items())]
@@ -109,7 +113,8 @@ def run_one(suite: str, task: str, optimizer: str, seed: int, runs_dir: Path, ma
         history = json.loads((out / "trainer_state.json").read_text())["log_history"]
         train = json.loads((out / "train_results.json").read_text())
         evaluation = json.loads((out / "eval_results.json").read_text()) if (out / "eval_results.json").exists() else {}
-    return {**record, "status": "ok", "train_runtime": train["train_runtime"], "eval": evaluation,
+        summary = json.loads((out / "summary.json").read_text())
+    return {**record, "status": "ok", "train_runtime": train["train_runtime"], "eval": evaluation, "summary": summary,
             "log_history": [entry for entry in history if "loss" in entry]}
 
 
@@ -132,17 +137,23 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", choices=(*SUITES, "lab"), default="offline",
                         help="offline, paper, or lab (the optimizer lab: see scripts/lab.py --help)")
-    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
-    parser.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=list(OPTIMIZERS))
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=None, help="Default: the suite's tasks.")
+    parser.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=None,
+                        help="Default: all of them; salsa and adamw for --suite demo.")
     parser.add_argument("--seeds", nargs="+", type=int, default=[42])
     parser.add_argument("--max_steps", type=int, default=None, help="Steps per run, instead of the suite's budget.")
     parser.add_argument("--runs_dir", type=Path, default=None, help="Default: runs/<suite>.")
     parser.add_argument("--report_only", action="store_true", help="Write the table and plots from existing results.")
     args = parser.parse_args(argv)
     runs_dir = args.runs_dir or REPO / "runs" / args.suite
+    tasks = args.tasks or list(SUITES[args.suite])
+    unknown = sorted(set(tasks) - set(SUITES[args.suite]))
+    if unknown:
+        parser.error(f"--suite {args.suite} has no tasks {unknown} (it has {', '.join(SUITES[args.suite])})")
+    optimizers = args.optimizers or (["salsa", "adamw"] if args.suite == "demo" else list(OPTIMIZERS))
 
     if not args.report_only:
-        grid = [(t, o, s) for s in args.seeds for t in args.tasks for o in args.optimizers]
+        grid = [(t, o, s) for s in args.seeds for t in tasks for o in optimizers]
         for number, (task, optimizer, seed) in enumerate(grid, 1):
             path = result_path(runs_dir, task, optimizer, seed)
             if path.exists():
@@ -153,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
             summary = (f"{record['train_runtime']:.0f} s of training" if record["status"] == "ok"
                        else f"FAILED (exit {record['exit_code']}), see logs/{path.stem}.log")
             print(f"[{number}/{len(grid)}] {path.name}: {summary}", flush=True)
-    report.write_report(runs_dir)
+    (report.write_demo_report if args.suite == "demo" else report.write_report)(runs_dir)
 
 
 if __name__ == "__main__":

@@ -31,11 +31,11 @@ from salsa_hf.cli import (
     UsageError,
     evaluate_and_save,
     parse_and_set_up,
-    print_summary,
     run_or_exit,
     train_and_save,
 )
 from salsa_hf.local_models import load_tokenizer, resolve_model_path
+from salsa_hf.summary import write_summary
 
 logger = logging.getLogger(__name__)
 
@@ -196,10 +196,10 @@ def main() -> None:
 
     figures = {}
     if eval_metrics:
-        figures["validation loss"] = f"{eval_metrics['eval_loss']:.4f}"
-        figures["validation perplexity"] = f"{eval_metrics['perplexity']:.2f}"
+        figures["validation loss"] = eval_metrics["eval_loss"]
+        figures["validation perplexity"] = eval_metrics["perplexity"]
     if trainer.is_world_process_zero():
-        print_summary(f"language modelling with optim={training_args.optim_name}", figures, trainer)
+        write_summary(f"language modelling with optim={training_args.optim_name}", figures, trainer)
 
 
 if __name__ == "__main__":

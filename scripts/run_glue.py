@@ -32,12 +32,12 @@ from salsa_hf.cli import (
     UsageError,
     evaluate_and_save,
     parse_and_set_up,
-    print_summary,
     run_or_exit,
     train_and_save,
 )
-from salsa_hf.glue import GLUE_TASKS, MAIN_METRIC, glue_metrics
+from salsa_hf.glue import GLUE_TASKS, MAIN_METRIC, glue_metrics, trivial_baseline
 from salsa_hf.local_models import load_tokenizer, resolve_model_path
+from salsa_hf.summary import write_summary
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +145,10 @@ def check_labels(raw: DatasetDict, num_labels: int, is_regression: bool, label_t
             allowed = f"0..{num_labels - 1} (or -1 for unlabelled test rows)"
         if bad:
             raise UsageError(f"the {name} data has labels {bad[:10]} outside the allowed labels {allowed}")
+
+
+def label_column(dataset) -> list:
+    return dataset["labels" if "labels" in dataset.column_names else "label"]
 
 
 def main() -> None:
@@ -257,10 +261,14 @@ def main() -> None:
     figures = {}
     if eval_metrics:
         main_metric = MAIN_METRIC[metric_kind]
-        figures[f"validation {main_metric}"] = f"{eval_metrics[f'eval_{main_metric}']:.4f}"
-        figures["validation loss"] = f"{eval_metrics['eval_loss']:.4f}"
+        figures[f"validation {main_metric}"] = eval_metrics[f"eval_{main_metric}"]
+        figures["validation loss"] = eval_metrics["eval_loss"]
+        if train_dataset is not None:
+            predicts, baseline = trivial_baseline(metric_kind, label_column(train_dataset), label_column(eval_dataset))
+            figure = "mse" if is_regression else main_metric
+            figures[f"baseline {figure} ({predicts})"] = baseline[figure]
     if trainer.is_world_process_zero():
-        print_summary(f"{data_args.task_name or 'classification'} with optim={training_args.optim_name}", figures, trainer)
+        write_summary(f"{data_args.task_name or 'classification'} with optim={training_args.optim_name}", figures, trainer)
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ def test_report_writes_table_csv_and_plots(tmp_path):
     assert float(salsa_mrpc["final_loss"]) == pytest.approx(0.5 * (1 + 1 / 39.5), rel=1e-2)
 
 
-@pytest.mark.parametrize("suite", ["offline", "paper"])
+@pytest.mark.parametrize("suite", ["offline", "paper", "demo"])
 def test_every_cell_of_the_grid_is_a_valid_run_command(suite):
     from transformers import HfArgumentParser
 
@@ -89,15 +89,16 @@ def test_every_cell_of_the_grid_is_a_valid_run_command(suite):
     run_glue, run_clm = load_script("run_glue"), load_script("run_clm")
     arguments = {"run_glue.py": (run_glue.ModelArguments, run_glue.DataTrainingArguments),
                  "run_clm.py": (run_clm.CausalModelArguments, run_clm.DataTrainingArguments)}
-    for task, (script, _, flags) in reproduce.SUITES[suite].items():
+    for task, (script, config, flags) in reproduce.SUITES[suite].items():
+        steps = flags["max_steps"] or json.loads((REPO / config).read_text())["max_steps"]  # demo: the config's
         for optimizer in reproduce.OPTIMIZERS:
             command = reproduce.run_command(suite, task, optimizer, 7, "/tmp/unused")
             assert command[1] == f"scripts/{script}"
             *_, training = parse_config_and_flags(
                 HfArgumentParser((*arguments[script], SaLSaTrainingArguments)), command[2:])
-            assert training.max_steps == flags["max_steps"] and training.seed == 7
+            assert training.max_steps == steps and training.seed == 7
             assert training.logging_steps == flags["logging_steps"] and training.output_dir == "/tmp/unused"
-            assert training.optim_name == reproduce.optimizer_settings(flags["max_steps"])[optimizer]["optim"]
+            assert training.optim_name == reproduce.optimizer_settings(steps)[optimizer]["optim"]
     adam = reproduce.optimizer_settings(100)["adam"]
     assert (adam["learning_rate"], adam["warmup_steps"], adam["lr_scheduler_type"]) == (2e-5, 10, "cosine")
 
@@ -124,6 +125,20 @@ def test_grid_writes_one_json_per_run_resumes_and_records_failures(tmp_path, sha
     assert failed["status"] == "failed" and failed["exit_code"] == 2
     assert any("no_such_config.json" in line for line in failed["log_tail"])
     assert "failed" in (runs_dir / "table.md").read_text()
+
+
+def test_demo_runs_salsa_and_adamw_on_the_main_job_and_writes_a_table_and_a_plot(tmp_path, shared_data):
+    runs_dir = tmp_path / "demo"
+    reproduce.main(["--suite", "demo", "--max_steps", "5", "--runs_dir", str(runs_dir)])
+    results = sorted(p.name for p in (runs_dir / "results").glob("*.json"))
+    assert results == ["sst2__adamw__seed42.json", "sst2__salsa__seed42.json"]
+    salsa = json.loads((runs_dir / "results" / "sst2__salsa__seed42.json").read_text())
+    assert salsa["status"] == "ok" and "glue_configs/offline/sst2.json" in salsa["command"]
+    table = (runs_dir / "table.md").read_text()
+    assert "| ADAM SaLSa |" in table and "| AdamW (Trainer defaults) |" in table
+    # SST2's validation split: 444 of its 872 rows are positive, the training majority.
+    assert "ignores its input (always class 1) has validation accuracy 0.5092." in table
+    assert (runs_dir / "demo.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_overhead_bench_measures_every_optimizer(tmp_path, shared_data, bert_tokenizer):

@@ -50,8 +50,14 @@ def test_offline_preset_runs_end_to_end(tmp_path, shared_data, bert_tokenizer, t
     card = (tmp_path / "README.md").read_text()
     assert "- optimizer: SaLSa (salsa" in card and "- line-search" in card
     summary = done.stdout[done.stdout.index("== "):]
-    for line in ("final training loss", "SaLSa step size", "extra compute", "validation"):
+    for line in ("final training loss", "step size found", "extra forward passes per step", "validation"):
         assert line in summary
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["step size found"] > 0 and saved["final training loss"] > 0
+    if task != "gpt2":  # the GLUE tasks name what a model that ignores its input would score
+        assert any(key.startswith("baseline ") and "(always class" in key for key in saved)
+    assert (tmp_path / "salsa_steps.png").read_bytes().startswith(b"\x89PNG")
+    assert "first line searches find the step size's scale" in done.stdout
 
 
 def save_tiny_bert(folder: Path, tokenizer) -> str:
@@ -87,6 +93,9 @@ def test_regression_file_trains_a_one_output_regressor(tmp_path, mrpc_rows, bert
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
     assert {"eval_pearson", "eval_spearmanr"} <= set(results)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [k for k in summary if k.startswith("baseline")] == [
+        f"baseline mse (the training mean {sum(r['label'] for r in rows[:64]) / 64:.3g})"]
     assert len(json.loads((tmp_path / "out" / "config.json").read_text())["id2label"]) == 1  # one output
 
 

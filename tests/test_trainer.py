@@ -7,13 +7,14 @@ import os
 import subprocess
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import DataCollatorWithPadding, HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 
-from salsa_hf import SaLSa, SaLSaTrainer, SaLSaTrainingArguments
+from salsa_hf import SaLSa, SaLSaArguments, SaLSaMixin, SaLSaTrainer, SaLSaTrainingArguments
 
 from .conftest import REPO
 
@@ -113,6 +114,72 @@ def test_trial_closure_reproduces_the_trainers_loss_exactly(tmp_path, make_bert,
     trainer.train()
     assert len(checked) == 4
     assert all(loss == replay for loss, replay in checked)
+
+
+class SmoothedLossTrainer(Trainer):
+    """A user's Trainer subclass with its own loss (label smoothing), as TRL's trainers have."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        loss = torch.nn.functional.cross_entropy(outputs.logits, labels, label_smoothing=self.args.smoothing)
+        return (loss, outputs) if return_outputs else loss
+
+
+@dataclass
+class SmoothedLossArguments(SaLSaArguments, TrainingArguments):
+    smoothing: float = 0.1
+
+
+def test_the_mixin_gives_any_trainer_subclass_the_line_search(tmp_path, make_bert, mrpc_train, bert_tokenizer):
+    class MyTrainer(SaLSaMixin, SmoothedLossTrainer):
+        pass
+
+    args = SmoothedLossArguments(output_dir=str(tmp_path / "out"), optim="salsa", max_steps=4, logging_steps=2,
+                                 per_device_train_batch_size=8, report_to=[], save_strategy="no", use_cpu=True,
+                                 disable_tqdm=True, salsa_c=0.4)
+    trainer = MyTrainer(model=make_bert(dropout=0.3), args=args, train_dataset=mrpc_train,
+                        data_collator=DataCollatorWithPadding(bert_tokenizer))
+    trainer.create_optimizer()
+    assert trainer.salsa.c == 0.4
+    checked, original = [], trainer.salsa.prepare_step
+
+    def checking_prepare(loss, evaluate):
+        with torch.no_grad():
+            checked.append((loss.item(), evaluate().item()))  # the replay: the subclass's own loss
+        original(loss, evaluate)
+
+    trainer.salsa.prepare_step = checking_prepare
+    trainer.train()
+    assert len(checked) == 4 and all(loss == replay for loss, replay in checked)
+    assert trainer.salsa.search.step == 4 and "salsa/step_size" in trainer.state.log_history[0]
+
+
+def test_deepspeed_is_refused_before_any_step_naming_ddp_and_fsdp(tmp_path, make_bert, mrpc_train, bert_tokenizer):
+    # (DeepSpeed itself is not installed here: the Trainer's own flag stands for it.)
+    model = make_bert()
+    start = params_of(model)
+    trainer = make_trainer(tmp_path, model, mrpc_train, bert_tokenizer, save_strategy="steps", save_steps=1)
+    trainer.is_deepspeed_enabled = True
+    with pytest.raises(ValueError, match=r"DeepSpeed.*DDP.*FSDP"):
+        trainer.train()
+    assert_same_params(start, params_of(model))
+    assert not list((tmp_path / "out").rglob("*"))  # nothing written (the Trainer makes the folder itself)
+    adamw = make_trainer(tmp_path, make_bert(), mrpc_train, bert_tokenizer, optim="adamw_torch")
+    assert not adamw._uses_line_search()  # other optimizers are the Trainer's business
+
+
+def test_salsa_figures_and_step_size_reach_tensorboard(tmp_path, make_bert, mrpc_train, bert_tokenizer):
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    trainer = make_trainer(tmp_path, make_bert(), mrpc_train, bert_tokenizer, report_to=["tensorboard"], logging_steps=2)
+    trainer.train()
+    events = event_accumulator.EventAccumulator(str(next(tmp_path.rglob("events.out.tfevents*")).parent))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/salsa/step_size", "train/salsa/extra_forward_fraction", "train/learning_rate"} <= tags
+    logged = [e for e in trainer.state.log_history if "loss" in e]
+    for tag, key in (("train/learning_rate", "learning_rate"), ("train/salsa/step_size", "salsa/step_size")):
+        assert [round(s.value, 10) for s in events.Scalars(tag)] == pytest.approx([e[key] for e in logged], rel=1e-6)
 
 
 def test_accumulation_gives_the_result_of_the_whole_batch(tmp_path, make_bert, mrpc_train, bert_tokenizer):
