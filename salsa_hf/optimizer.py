@@ -138,19 +138,34 @@ class SaLSa(Optimizer):
         beta3: smoothing of both sides of the Armijo test, in [0, 1) (per step, see ``smooth_over``).
         delta: backtracking factor, in (0, 1): a rejected trial step is multiplied by it.
         growth: factor >= 1 by which the step size may grow (see ``grow_on``).
-        init_step_size: first trial step size, > 0 (default: 1e-3 for Adam, Adam's usual scale;
-            0.1 for SGD, whose steps are not normalised).
+        init_step_size: first trial step size, > 0 (default: 1e-4 for Adam, the low end of
+            fine-tuning rates, from which the step size earns its growth; 0.1 for SGD, whose steps
+            are not normalised).
         max_backtracks: trials per search, >= 1; when none is accepted the step is not taken.
         betas: Adam's moment decays; ``betas[0]`` is the momentum of the SGD variant too.
         eps: Adam's denominator term.
         weight_decay: decoupled weight decay, scaled by the step size (as AdamW).
         smoothing: False gives the plain Armijo test (``beta3 = 0``).
+        adaptive_frequency: False searches on every step.
+        warmup_searches: the first this many steps always search.
+        grow_on: ``"step"`` multiplies the step size by ``growth`` on every step (the authors'
+            ``AdamSLS``, the paper's runs); ``"search"`` before each search (their pip package).
+        search_step: after a search along the gradient, ``"momentum"`` takes the Adam/momentum
+            step with the step size found (``AdamSLS``, the paper's runs); ``"trial"`` keeps the
+            accepted trial point (the pip package).
+        search_direction: ``"gradient"`` searches along ``-P g`` with the predicted decrease
+            ``<g, P g>`` (the paper); ``"update"`` along the step the optimizer takes,
+            ``-P m_hat``, with ``<g, P m_hat>``, so the search measures the very step it accepts
+            (where momentum and gradient disagree, ``<g, P m_hat> <= 0``, that search falls back
+            to the gradient); ``"previous"`` along the Adam update of the steps before, ``-P m_hat``
+            before this batch's gradient joins ``m``: a direction this batch did not choose, so its
+            loss change along it is an unbiased sample of the full loss's, and the test sees
+            gradient noise (a batch on which that direction goes uphill postpones the search by
+            a step; the first step searches along the gradient). The step taken is Adam's.
         smooth_over: ``"step"`` decays the averages by ``beta3`` per optimizer step (a search
             after ``k`` quiet steps weighs ``1 - beta3**k``), so their memory is the same however
             rarely the search runs; ``"search"`` decays them by ``beta3`` per search (the paper).
-        adaptive_frequency: False searches on every step.
         max_interval: the longest interval between searches, >= 1 (the paper: 10).
-        warmup_searches: the first this many steps always search.
         backtracking: ``"constant"`` multiplies a rejected trial by ``delta``; ``"accelerating"``
             by ``delta``, ``delta**2``, ``delta**3``, ... (the j-th rejection of a search by
             ``delta**j``), so a search far from its answer gets there in few trials.
@@ -166,20 +181,6 @@ class SaLSa(Optimizer):
             to 0, in [0, 1] (1: the Trainer's linear schedule over the whole run). Only the step
             taken is scaled: the line search goes on finding the undecayed step size, the scale
             the schedule is relative to.
-        grow_on: ``"step"`` multiplies the step size by ``growth`` on every step (the authors'
-            ``AdamSLS``, the paper's runs); ``"search"`` before each search (their pip package).
-        search_direction: ``"gradient"`` searches along ``-P g`` with the predicted decrease
-            ``<g, P g>`` (the paper); ``"update"`` along the step the optimizer takes,
-            ``-P m_hat``, with ``<g, P m_hat>``, so the search measures the very step it accepts
-            (where momentum and gradient disagree, ``<g, P m_hat> <= 0``, that search falls back
-            to the gradient); ``"previous"`` along the Adam update of the steps before, ``-P m_hat``
-            before this batch's gradient joins ``m``: a direction this batch did not choose, so its
-            loss change along it is an unbiased sample of the full loss's, and the test sees
-            gradient noise (a batch on which that direction goes uphill postpones the search by
-            a step; the first step searches along the gradient). The step taken is Adam's.
-        search_step: after a search along the gradient, ``"momentum"`` takes the Adam/momentum
-            step with the step size found (``AdamSLS``, the paper's runs); ``"trial"`` keeps the
-            accepted trial point (the pip package).
         foreach: use the multi-tensor kernels (default True; False runs the per-tensor reference
             path, which the tests hold equal to it).
     """
