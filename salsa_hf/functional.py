@@ -19,6 +19,11 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # a torch built without distributed support: no sharded tensors either
+    DTensor = None
+
 TensorList = Sequence[Tensor]
 
 
@@ -34,6 +39,32 @@ def _by_device_and_dtype(*lists: TensorList | None) -> Iterator[tuple[list[Tenso
 def _accumulation_dtype(t: Tensor) -> torch.dtype:
     # Sum half-precision terms in float32; keep float64 as it is.
     return torch.promote_types(t.dtype, torch.float32)
+
+
+def global_values(sums: Sequence[Tensor]) -> list[float]:
+    """The values of 0-d sums over whole tensors, as floats; one host sync per kind of tensor.
+
+    A sum over a sharded ``DTensor`` (FSDP2's parameters and gradients) holds only this process's
+    share (a ``Partial`` placement): it is all-reduced over its mesh, one collective per mesh and
+    placement, so every process reads the same global value and takes the same decision.
+    """
+    values: list[float] = [0.0] * len(sums)
+    kinds: dict[tuple | None, list[int]] = defaultdict(list)
+    for i, t in enumerate(sums):
+        kinds[(t.device_mesh, t.placements) if _is_dtensor(t) else (t.device,)].append(i)
+    for kind, indices in kinds.items():
+        if len(kind) == 2:  # a DTensor's mesh and placements
+            local = torch.stack([sums[i].to_local() for i in indices])
+            stacked = DTensor.from_local(local, *kind).full_tensor()
+        else:
+            stacked = torch.stack([sums[i] for i in indices])
+        for i, value in zip(indices, stacked.tolist()):
+            values[i] = value
+    return values
+
+
+def _is_dtensor(t: Tensor) -> bool:
+    return DTensor is not None and isinstance(t, DTensor)
 
 
 def _denominators(exp_avg_sqs: list[Tensor], bias_correction2: float, eps: float) -> list[Tensor]:
@@ -86,23 +117,21 @@ def preconditioned_dot(
     """
     if not grads:
         return 0.0
+    sums = []
     if not foreach:
-        total = 0.0
         for i, g in enumerate(grads):
             term = g * vectors[i]
             if exp_avg_sqs is not None:
                 term = term / _denominator(exp_avg_sqs[i], bias_correction2, eps)
-            total += float(term.sum(dtype=_accumulation_dtype(term)))
-        return total
-    total = 0.0
-    for g, x, v in _by_device_and_dtype(grads, vectors, exp_avg_sqs):
-        terms = torch._foreach_mul(g, x)
-        if v is not None:
-            torch._foreach_div_(terms, _denominators(v, bias_correction2, eps))
-        sums = [t.sum(dtype=_accumulation_dtype(t)) for t in terms]
-        # One host sync per device; summing the floats in order keeps it equal to the reference loop.
-        total += sum(torch.stack(sums).tolist())
-    return total
+            sums.append(term.sum(dtype=_accumulation_dtype(term)))
+    else:
+        for g, x, v in _by_device_and_dtype(grads, vectors, exp_avg_sqs):
+            terms = torch._foreach_mul(g, x)
+            if v is not None:
+                torch._foreach_div_(terms, _denominators(v, bias_correction2, eps))
+            sums += [t.sum(dtype=_accumulation_dtype(t)) for t in terms]
+    # Summing the floats in order keeps both paths equal.
+    return sum(global_values(sums))
 
 
 def add_preconditioned_(
@@ -157,8 +186,4 @@ def all_finite(tensors: TensorList) -> bool:
     A sum is non-finite whenever an element is, and costs one read of each tensor; it can only
     report a false alarm when finite values add up past float32's range (~3e38).
     """
-    finite = True
-    for (ts,) in _by_device_and_dtype(tensors):
-        sums = torch.stack([t.sum(dtype=_accumulation_dtype(t)) for t in ts])
-        finite &= bool(sums.isfinite().all())
-    return finite
+    return all(map(math.isfinite, global_values([t.sum(dtype=_accumulation_dtype(t)) for t in tensors])))

@@ -19,12 +19,14 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler
 from transformers import Trainer, TrainerCallback
 
+from .bookkeeping import Bookkeeping
 from .optimizer import SaLSa
 from .peers import PEER_OPTIMIZERS
 from .rng import RngState
 from .training_args import SaLSaArguments
 
 LOG_PREFIX = "salsa/"
+MODEL_TAGS = ("salsa", "line-search")
 
 
 class StepSizeReport(LRScheduler):
@@ -86,12 +88,15 @@ class SaLSaMixin:
         self.callback_handler.callbacks.insert(0, self.step_trace)  # first: its note comes before the progress bar
 
     def train(self, *args, **kwargs):
-        if self.is_deepspeed_enabled and self._uses_line_search():
-            raise ValueError(
-                "SaLSa cannot run under DeepSpeed: its engine takes the optimizer step inside backward(), "
-                "where the line search cannot reach the loss or evaluate trial points. Scale out with DDP "
-                "(torchrun, several processes) or FSDP instead."
-            )
+        if self._uses_line_search():
+            if self.is_deepspeed_enabled:
+                raise ValueError(
+                    "SaLSa cannot run under DeepSpeed: its engine takes the optimizer step inside backward(), "
+                    "where the line search cannot reach the loss or evaluate trial points. Scale out with DDP "
+                    "(torchrun, several processes) or FSDP instead."
+                )
+            if hasattr(self.model, "add_model_tags"):  # every card written from the model (PEFT's too) names SaLSa
+                self.model.add_model_tags(list(MODEL_TAGS))
         return super().train(*args, **kwargs)
 
     def _uses_line_search(self) -> bool:
@@ -149,13 +154,17 @@ class SaLSaMixin:
 
     def _trial_closure(self, model, micro_batches):
         after = RngState.capture()
+        records = Bookkeeping.capture(self, model)
 
         def evaluate() -> torch.Tensor:
             total = 0.0
             for inputs, num_items_in_batch, rng in micro_batches:
                 rng.restore()
                 total = total + self._loss_as_trained(model, inputs, num_items_in_batch)
-            after.restore()  # the training streams go on as if no trial had run
+            # The training goes on as if no trial had run: same random streams, token counts, metric
+            # lists and buffers (see bookkeeping.py).
+            after.restore()
+            records.restore()
             return self._mean_over_processes(total)
 
         return evaluate
@@ -214,7 +223,7 @@ class SaLSaMixin:
         if salsa is None:
             return super().create_model_card(*args, tags=tags, **kwargs)
         tags = [tags] if isinstance(tags, str) else list(tags or [])
-        tags += [t for t in ("salsa", "line-search") if t not in tags]
+        tags += [t for t in MODEL_TAGS if t not in tags]
         super().create_model_card(*args, tags=tags, **kwargs)
         if not self.is_world_process_zero():
             return
@@ -222,14 +231,14 @@ class SaLSaMixin:
         with open(path, encoding="utf-8") as f:
             card = f.read()
         with open(path, "w", encoding="utf-8") as f:
-            f.write(salsa_model_card(card, salsa, getattr(self.args, "optim", "salsa")))
+            f.write(salsa_model_card(card, salsa, getattr(self.args, "optim", "salsa"), self.model))
 
 
 class SaLSaTrainer(SaLSaMixin, Trainer):
     """A ``Trainer`` whose optimizer steps run SaLSa's line search (see ``SaLSaMixin``)."""
 
 
-def salsa_model_card(card: str, salsa: SaLSa, name: str) -> str:
+def salsa_model_card(card: str, salsa: SaLSa, name: str, model: torch.nn.Module | None = None) -> str:
     """The Trainer's card with its learning-rate lines replaced by what SaLSa did."""
     search = salsa.search
     optimizer = (
@@ -240,20 +249,37 @@ def salsa_model_card(card: str, salsa: SaLSa, name: str) -> str:
         f"loss_trend={salsa.loss_trend}, cooldown={salsa.cooldown}, "
         f"betas={tuple(salsa.defaults['betas'])}, eps={salsa.defaults['eps']})"
     )
-    card = re.sub(r"^- optimizer: .*?(?=^- |\Z)", optimizer + "\n", card, flags=re.M | re.S)
+    card, replaced = re.subn(r"^- optimizer: .*?(?=^- |\Z)", optimizer + "\n", card, flags=re.M | re.S)
     card = re.sub(r"^- learning_rate: .*$", "- learning_rate: none (SaLSa's line search sets the step size)", card, flags=re.M)
     card = re.sub(r"^- lr_scheduler_(type|warmup_steps): .*\n", "", card, flags=re.M)
     summary = (
         "\n### SaLSa line search\n\n"
-        f"- final step size: {search.step_size:.4g}\n"
+        + ("" if replaced else optimizer + "\n")  # a card without the Trainer's hyperparameters (TRL's)
+        + f"- final step size: {search.step_size:.4g}\n"
         f"- optimizer steps: {search.step} ({search.skipped_steps} skipped for a non-finite loss or gradient)\n"
         f"- line searches: {search.searches} (search interval at the end: {search.interval} steps; "
         f"{search.failed_searches} found no acceptable step)\n"
         f"- backtracks: {search.backtracks}\n"
         f"- extra compute: {search.extra_forward_fraction:.1%} extra forward passes over the training forwards\n"
+        + (_trained_parameters_line(model) if model is not None else "")
     )
     marker = "\n### Framework versions"
     return card.replace(marker, summary + marker, 1) if marker in card else card + summary
+
+
+def _trained_parameters_line(model: torch.nn.Module) -> str:
+    """How many parameters SaLSa trained and, for a PEFT model, which adapter they belong to."""
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    line = f"- parameters trained: {trained:,} of {sum(p.numel() for p in model.parameters()):,}"
+    adapters = getattr(model, "peft_config", None) or {}
+    for adapter, config in adapters.items():
+        kind = getattr(config.peft_type, "value", config.peft_type)
+        details = ", ".join(
+            f"{key}={getattr(config, key)}" for key in ("r", "lora_alpha", "lora_dropout") if hasattr(config, key)
+        )
+        targets = sorted(config.target_modules) if isinstance(config.target_modules, (set, list)) else config.target_modules
+        line += f"; PEFT adapter {adapter!r}: {kind} ({details}, target modules {targets})"
+    return line + "\n"
 
 
 def _is_line_search(optimizer) -> bool:

@@ -17,8 +17,8 @@ from .peers import PEER_OPTIMIZERS
 SALSA_OPTIMIZERS = tuple(PRESETS)
 ALL_OPTIMIZERS = SALSA_OPTIMIZERS + tuple(PEER_OPTIMIZERS) + tuple(name.value for name in OptimizerNames)
 
-# TrainingArguments fields that a SaLSa run does not use, with their defaults (to tell "set").
-_SCHEDULE_FIELDS = {"learning_rate": 5e-5, "lr_scheduler_type": "linear", "warmup_steps": 0}
+# TrainingArguments fields that a SaLSa run does not use (set away from the class's default: warn).
+_SCHEDULE_FIELDS = ("learning_rate", "lr_scheduler_type", "warmup_steps")
 
 
 def _salsa_field(name: str, help_text: str, default_text: str | None = None) -> Any:
@@ -93,8 +93,9 @@ class SaLSaArguments:
         if self.optim not in SALSA_OPTIMIZERS + tuple(PEER_OPTIMIZERS):
             super().__post_init__()
             return
+        defaults = {f.name: f.default for f in fields(self)}  # the subclass's own (SFTConfig: lr 2e-5)
         ignored = [] if self.optim in PEER_OPTIMIZERS else [
-            name for name, default in _SCHEDULE_FIELDS.items() if getattr(self, name) != default
+            name for name in _SCHEDULE_FIELDS if getattr(self, name) != defaults[name]
         ]
         if ignored:
             warnings.warn(

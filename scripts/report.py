@@ -33,7 +33,7 @@ TASK_LABELS = {"mnli": "MNLI", "qnli": "QNLI", "mrpc": "MRPC", "sst2": "SST2", "
 OPTIMIZER_LABELS = {
     "adam": "ADAM", "sgd": "SGD", "sls": "ADAM SLS", "sls_sgd": "SGD SLS", "salsa": "ADAM SaLSa",
     "salsa_sgd": "SGD SaLSa", "adamw": "AdamW (Trainer defaults)", "sf_adamw": "Schedule-free AdamW",
-    "prodigy": "Prodigy", "salsa_authors": "SaLSa (authors' package)",
+    "prodigy": "Prodigy", "salsa_authors": "SaLSa (authors' package)", "adamw_lora": "AdamW lr 2e-4",
 }
 # The validation figure of each task, and whether higher is better.
 VALIDATION_METRIC = {"mnli": ("eval_accuracy", True), "qnli": ("eval_accuracy", True), "mrpc": ("eval_f1", True),
@@ -252,28 +252,33 @@ def write_report(runs_dir: Path) -> None:
 
 
 def write_demo_report(runs_dir: Path) -> None:
-    """The demo's table (one row per optimizer, first seed) and one plot: loss and step size."""
-    runs = {}
+    """A few optimizers side by side (the demo, the LoRA suite): per task a table (first seed) and one
+    row of plots, the training loss and the step size taken."""
+    runs: dict[str, dict[str, dict]] = {}  # task -> optimizer -> run
     for run in sorted(load_runs(runs_dir), key=lambda r: r["seed"]):
         if run["status"] == "ok":
-            runs.setdefault(run["optimizer"], run)
+            runs.setdefault(run["task"], {}).setdefault(run["optimizer"], run)
     if not runs:
         print(f"no finished runs in {runs_dir / 'results'} yet")
         return
-    baseline = next(((key.removeprefix("baseline "), value) for run in runs.values()
-                     for key, value in run.get("summary", {}).items() if key.startswith("baseline ")), None)
     lines = []
-    if baseline is not None:  # e.g. ("accuracy (always class 1)", 0.509)
-        metric, predicts = baseline[0].split(" (", 1)
-        lines += [f"A model that ignores its input ({predicts} has validation {metric} {baseline[1]:.4f}.", ""]
-    lines += ["| optimizer | final training loss | validation accuracy | largest step size taken "
-              "| extra forwards / step | training seconds |", "|---|---|---|---|---|---|"]
-    for name, run in runs.items():
-        history = run["log_history"]
-        lines.append(f"| {OPTIMIZER_LABELS.get(name, name)} | {final_loss(history):.4f} | "
-                     f"{run['eval'].get('eval_accuracy', math.nan):.4f} | {max(e.get('learning_rate', math.nan) for e in history):.3g} | "
-                     f"{history[-1].get('salsa/extra_forward_fraction', 0.0):.3f} | {run['train_runtime']:.0f} |")
-    text = "\n".join(lines) + "\n"
+    for task, by_optimizer in runs.items():
+        metric, higher_is_better = VALIDATION_METRIC[task]
+        lines += [f"### {task}", ""]
+        baseline = next(((key.removeprefix("baseline "), value) for run in by_optimizer.values()
+                         for key, value in run.get("summary", {}).items() if key.startswith("baseline ")), None)
+        if baseline is not None:  # e.g. ("accuracy (always class 1)", 0.509)
+            name, predicts = baseline[0].split(" (", 1)
+            lines += [f"A model that ignores its input ({predicts} has validation {name} {baseline[1]:.4f}.", ""]
+        lines += [f"| optimizer | final training loss | validation {metric.removeprefix('eval_')} | largest step size taken "
+                  "| extra forwards / step | training seconds |", "|---|---|---|---|---|---|"]
+        for name, run in by_optimizer.items():
+            history = run["log_history"]
+            lines.append(f"| {OPTIMIZER_LABELS.get(name, name)} | {final_loss(history):.4f} | "
+                         f"{run['eval'].get(metric, math.nan):.4f} | {max(e.get('learning_rate', math.nan) for e in history):.3g} | "
+                         f"{history[-1].get('salsa/extra_forward_fraction', 0.0):.3f} | {run['train_runtime']:.0f} |")
+        lines.append("")
+    text = "\n".join(lines)
     (runs_dir / "table.md").write_text(text)
     print(text)
     written = [runs_dir / "table.md"]
@@ -285,20 +290,21 @@ def write_demo_report(runs_dir: Path) -> None:
     except ImportError:
         print("pip install matplotlib for the demo's plot")
     else:
-        fig, (loss_ax, lr_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
-        for name, run in runs.items():
-            history = run["log_history"]
-            steps = [e["step"] for e in history]
-            losses = [e["loss"] for e in history]
-            window = max(1, len(losses) // 10)
-            style = {"color": "black", "lw": 2.2} if name == "salsa" else {"lw": 1.4}
-            label = OPTIMIZER_LABELS.get(name, name)
-            loss_ax.plot(steps[window - 1:], _smooth(losses, window), label=label, **style)
-            lr_ax.plot(steps, [e["learning_rate"] for e in history], label=label, **style)
-        loss_ax.set(xlabel="step", ylabel="training loss (moving average)", title="Training loss, same batches")
-        lr_ax.set(xlabel="step", ylabel="step size (learning rate) taken", yscale="log",
-                  title="SaLSa finds its step size; AdamW's is set")
-        loss_ax.legend(fontsize=9)
+        fig, axes = plt.subplots(len(runs), 2, figsize=(10, 3.8 * len(runs)), squeeze=False)
+        for (task, by_optimizer), (loss_ax, lr_ax) in zip(runs.items(), axes):
+            for name, run in by_optimizer.items():
+                history = run["log_history"]
+                steps = [e["step"] for e in history]
+                losses = [e["loss"] for e in history]
+                window = max(1, len(losses) // 10)
+                style = {"color": "black", "lw": 2.2} if name == "salsa" else {"lw": 1.4}
+                label = OPTIMIZER_LABELS.get(name, name)
+                loss_ax.plot(steps[window - 1:], _smooth(losses, window), label=label, **style)
+                lr_ax.plot(steps, [e["learning_rate"] for e in history], label=label, **style)
+            loss_ax.set(xlabel="step", ylabel="training loss (moving average)", title=f"{task}: training loss, same batches")
+            lr_ax.set(xlabel="step", ylabel="step size (learning rate) taken", yscale="log",
+                      title="SaLSa finds its step size; AdamW's is set")
+            loss_ax.legend(fontsize=9)
         fig.tight_layout()
         written.append(runs_dir / "demo.png")
         fig.savefig(written[-1], dpi=110)

@@ -1,6 +1,7 @@
 """Reproduce the talk's table: optimizers x tasks x seeds through run_glue.py and run_clm.py.
 
     python scripts/reproduce.py --suite demo                     # SaLSa vs AdamW on the main job, ~10 min
+    python scripts/reproduce.py --suite lora                     # LoRA adapters: SaLSa vs AdamW 5e-5 and 2e-4
     python scripts/reproduce.py --suite offline                  # ~1 hour on 2 CPU cores
     python scripts/reproduce.py --suite offline --tasks mrpc --optimizers adam salsa --seeds 42 43
     python scripts/reproduce.py --suite paper --runs_dir runs/paper   # Hub models and data, for a GPU
@@ -51,10 +52,15 @@ def optimizer_settings(max_steps: int) -> dict[str, dict]:
         "sf_adamw": {"optim": "schedule_free_adamw", "lr_scheduler_type": "constant", "warmup_steps": warmup},
         "prodigy": {"optim": "prodigy", "learning_rate": 1.0, **schedule},
         "salsa_authors": {"optim": "salsa_authors"},
+        # AdamW at a rate typical of LoRA, which needs 10-100x full fine-tuning's (the Trainer's linear decay).
+        "adamw_lora": {"optim": "adamw_torch", "learning_rate": 2e-4},
     }
 
 
 OPTIMIZERS = tuple(optimizer_settings(100))
+# The optimizers a suite runs when --optimizers is not given (offline and paper: the talk's grid).
+SUITE_OPTIMIZERS = {"demo": ("salsa", "adamw"), "lora": ("salsa", "adamw", "adamw_lora")}
+TALK_GRID = tuple(name for name in OPTIMIZERS if name != "adamw_lora")
 
 # suite -> task -> (script, config, flags). The offline budget: 100 steps of batch 8 (length 64)
 # per GLUE run, 100 steps of 4 x 64 tokens for GPT-2; 50 runs take about an hour on 2 cores.
@@ -70,6 +76,11 @@ SUITES = {
     },
     # The README's main job (SST2) with SaLSa and with AdamW at the Trainer's defaults, same batches.
     "demo": {"sst2": ("run_glue.py", "glue_configs/offline/sst2.json", {"max_steps": None, "logging_steps": 5})},
+    # A LoRA adapter (peft's default targets, r 16) on the main job and on the GPT-2 preset.
+    "lora": {
+        "sst2": ("run_glue.py", "glue_configs/offline/sst2.json", {"max_steps": None, "logging_steps": 5, "use_peft": True}),
+        "gpt2": ("run_clm.py", "glue_configs/offline/gpt2.json", {"max_steps": None, "logging_steps": 5, "use_peft": True}),
+    },
     "paper": {
         task: ("run_clm.py" if task == "gpt2" else "run_glue.py", f"glue_configs/{task}.json",
                {"max_steps": PAPER_STEPS[task], "logging_steps": 10, "save_strategy": "no"})
@@ -136,10 +147,11 @@ def main(argv: list[str] | None = None) -> None:
         return lab.main(rest)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", choices=(*SUITES, "lab"), default="offline",
-                        help="offline, paper, or lab (the optimizer lab: see scripts/lab.py --help)")
+                        help="offline, paper, demo, lora, or lab (the optimizer lab: see scripts/lab.py --help)")
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=None, help="Default: the suite's tasks.")
     parser.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=None,
-                        help="Default: all of them; salsa and adamw for --suite demo.")
+                        help="Default: the talk's grid (all but adamw_lora); salsa and adamw for --suite demo; "
+                             "salsa, adamw and adamw_lora for --suite lora.")
     parser.add_argument("--seeds", nargs="+", type=int, default=[42])
     parser.add_argument("--max_steps", type=int, default=None, help="Steps per run, instead of the suite's budget.")
     parser.add_argument("--runs_dir", type=Path, default=None, help="Default: runs/<suite>.")
@@ -150,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = sorted(set(tasks) - set(SUITES[args.suite]))
     if unknown:
         parser.error(f"--suite {args.suite} has no tasks {unknown} (it has {', '.join(SUITES[args.suite])})")
-    optimizers = args.optimizers or (["salsa", "adamw"] if args.suite == "demo" else list(OPTIMIZERS))
+    optimizers = args.optimizers or list(SUITE_OPTIMIZERS.get(args.suite, TALK_GRID))
 
     if not args.report_only:
         grid = [(t, o, s) for s in args.seeds for t in tasks for o in optimizers]
@@ -164,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
             summary = (f"{record['train_runtime']:.0f} s of training" if record["status"] == "ok"
                        else f"FAILED (exit {record['exit_code']}), see logs/{path.stem}.log")
             print(f"[{number}/{len(grid)}] {path.name}: {summary}", flush=True)
-    (report.write_demo_report if args.suite == "demo" else report.write_report)(runs_dir)
+    (report.write_demo_report if args.suite in SUITE_OPTIMIZERS else report.write_report)(runs_dir)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from salsa_hf import SaLSaTrainer, SaLSaTrainingArguments
 from salsa_hf.cli import (
     ModelArguments,
     UsageError,
+    apply_lora,
     evaluate_and_save,
     parse_and_set_up,
     run_or_exit,
@@ -148,6 +149,8 @@ def main() -> None:
     model = build_model(model_args, hub)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
+
+    model = apply_lora(model, model_args, "CAUSAL_LM")  # with --use_peft
 
     block_size = data_args.block_size or min(tokenizer.model_max_length, 1024)
     max_positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)

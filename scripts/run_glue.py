@@ -30,6 +30,7 @@ from salsa_hf import SaLSaTrainer, SaLSaTrainingArguments
 from salsa_hf.cli import (
     ModelArguments,
     UsageError,
+    apply_lora,
     evaluate_and_save,
     parse_and_set_up,
     run_or_exit,
@@ -182,6 +183,7 @@ def main() -> None:
     # transformers 5.x: classification heads return a batch-mean loss but take **kwargs, so the
     # Trainer would skip dividing by the accumulation steps; this makes accumulation exact.
     model.accepts_loss_kwargs = False
+    model = apply_lora(model, model_args, "SEQ_CLS")  # with --use_peft; the classifier head trains too
     if label_to_id is not None:
         model.config.label2id = {str(label): i for label, i in label_to_id.items()}
         model.config.id2label = {i: str(label) for label, i in label_to_id.items()}

@@ -683,6 +683,8 @@ def test_loss_trend_grows_on_a_clear_fall_backs_off_on_a_clear_rise_and_holds_on
         return out
 
     assert factors([0.0]) == [pytest.approx(1.1)]  # nothing to compare with yet: grown
+    # One change is its own noise estimate (a tie that rounding would decide): held, however large.
+    assert factors([-5.0]) == [1.0]
     noise = factors([0.1 * (-1) ** k for k in range(30)])  # zero-mean step-to-step noise
     assert noise[-15:] == [1.0] * 15
     # (The average spans about ten steps: a trend shows once it outweighs the steps before.)

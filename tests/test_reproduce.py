@@ -79,7 +79,7 @@ def test_report_writes_table_csv_and_plots(tmp_path):
     assert float(salsa_mrpc["final_loss"]) == pytest.approx(0.5 * (1 + 1 / 39.5), rel=1e-2)
 
 
-@pytest.mark.parametrize("suite", ["offline", "paper", "demo"])
+@pytest.mark.parametrize("suite", ["offline", "paper", "demo", "lora"])
 def test_every_cell_of_the_grid_is_a_valid_run_command(suite):
     from transformers import HfArgumentParser
 
@@ -94,8 +94,9 @@ def test_every_cell_of_the_grid_is_a_valid_run_command(suite):
         for optimizer in reproduce.OPTIMIZERS:
             command = reproduce.run_command(suite, task, optimizer, 7, "/tmp/unused")
             assert command[1] == f"scripts/{script}"
-            *_, training = parse_config_and_flags(
+            model, _, training = parse_config_and_flags(
                 HfArgumentParser((*arguments[script], SaLSaTrainingArguments)), command[2:])
+            assert model.use_peft == (suite == "lora")
             assert training.max_steps == steps and training.seed == 7
             assert training.logging_steps == flags["logging_steps"] and training.output_dir == "/tmp/unused"
             assert training.optim_name == reproduce.optimizer_settings(steps)[optimizer]["optim"]

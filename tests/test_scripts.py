@@ -116,6 +116,48 @@ def test_sentence_pair_tsv_with_string_labels(tmp_path, mrpc_rows, bert_tokenize
     assert len(predictions) == 1 + 32 and predictions[1].split("\t")[1] in names
 
 
+def test_lora_flags_train_an_adapter_in_both_scripts(tmp_path, mrpc_rows, bert_tokenizer, shared_data):
+    rows = [{k: r[k] for k in ("sentence1", "sentence2", "label")} for r in mrpc_rows]
+    train = write_rows(tmp_path / "train.csv", rows[:64])
+    model = save_tiny_bert(tmp_path / "model", bert_tokenizer)
+    lora = ["--use_peft", "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0.1"]
+    done = run("run_glue", "--model_name_or_path", model, "--train_file", train, "--do_train", "--max_steps", "3",
+               *lora, "--lora_target_modules", "query", "value", "--output_dir", str(tmp_path / "glue"),
+               "--per_device_train_batch_size", "8", "--report_to", "none", "--disable_tqdm", "true")
+    assert done.returncode == 0, done.stderr[-3000:]
+    adapter = json.loads((tmp_path / "glue" / "adapter_config.json").read_text())
+    assert (adapter["r"], adapter["lora_alpha"], adapter["lora_dropout"]) == (4, 8, 0.1)
+    assert sorted(adapter["target_modules"]) == ["query", "value"] and adapter["task_type"] == "SEQ_CLS"
+    assert "classifier" in adapter["modules_to_save"]  # the new head trains with the adapter
+    assert not (tmp_path / "glue" / "model.safetensors").exists()  # only the adapter is saved
+    card = (tmp_path / "glue" / "README.md").read_text()
+    assert "library_name: peft" in card and "- salsa" in card
+    assert "PEFT adapter 'default': LORA (r=4, lora_alpha=8, lora_dropout=0.1, target modules ['query', 'value'])" in card
+
+    done = run("run_clm", "glue_configs/offline/gpt2.json", "--max_steps", "2", "--logging_steps", "1",
+               "--max_eval_samples", "8", *lora,
+               "--output_dir", str(tmp_path / "clm"), "--disable_tqdm", "true")
+    assert done.returncode == 0, done.stderr[-3000:]
+    adapter = json.loads((tmp_path / "clm" / "adapter_config.json").read_text())
+    assert adapter["target_modules"] == ["c_attn"] and adapter["task_type"] == "CAUSAL_LM"  # peft's GPT-2 default
+    history = json.loads((tmp_path / "clm" / "trainer_state.json").read_text())["log_history"]
+    assert any("salsa/step_size" in entry for entry in history)
+
+
+def test_lora_bad_input_stops_before_training(tmp_path, capsys, bert_tokenizer, monkeypatch):
+    monkeypatch.chdir(REPO)
+    model = save_tiny_bert(tmp_path / "model", bert_tokenizer)
+    common = ["--model_name_or_path", model, "--task_name", "mrpc", "--train_file", "../shared/data/glue/mrpc/train.jsonl",
+              "--output_dir", str(tmp_path / "out"), "--do_train", "--report_to", "none"]
+    err = fail_before_training(capsys, tmp_path, "run_glue", *common, "--use_peft", "--lora_target_modules", "q_proj")
+    assert "no LoRA adapter with --lora_target_modules ['q_proj']" in err
+    assert "linear layers are named: classifier, dense, key, query, value" in err
+    err = fail_before_training(capsys, tmp_path, "run_glue", *common, "--lora_r", "4")
+    assert "--lora_r is set but --use_peft is not" in err
+    err = fail_before_training(capsys, tmp_path, "run_glue", *common, "--use_peft", "--lora_dropout", "1.5")
+    assert "--lora_dropout must be in [0, 1), got 1.5" in err
+
+
 @pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.json")) +
                          sorted(f"offline/{p.name}" for p in (CONFIGS / "offline").glob("*.json")))
 def test_every_config_parses(config, shared_data, monkeypatch):

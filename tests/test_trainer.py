@@ -246,6 +246,44 @@ def test_frozen_parameters_stay_frozen(tmp_path, make_bert, mrpc_train, bert_tok
     assert trainer.salsa.search.step == 8
 
 
+class BatchNormRegressor(torch.nn.Module):
+    """A model whose training forward changes state besides the parameters: BatchNorm's running statistics."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+
+    def forward(self, x, labels=None):
+        prediction = self.body(x).squeeze(-1)
+        return {"loss": torch.nn.functional.mse_loss(prediction, labels), "logits": prediction}
+
+
+def test_trials_leave_batchnorm_statistics_as_training_left_them(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=generator)
+    rows = [{"x": xi, "labels": xi.sum() + 0.1 * torch.randn((), generator=generator)} for xi in x]
+    model = BatchNormRegressor()
+    args = SaLSaTrainingArguments(output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=8, report_to=[],
+                                  save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True)
+    trainer = SaLSaTrainer(model=model, args=args, train_dataset=rows)
+    trainer.create_optimizer()
+    salsa, original, checked = trainer.salsa, trainer.salsa.prepare_step, []
+    batchnorm = model.body[1]
+
+    def checking_prepare(loss, evaluate):
+        before = {n: b.clone() for n, b in batchnorm.named_buffers()}
+        with torch.no_grad():
+            evaluate()
+        checked.append(all(torch.equal(b, before[n]) for n, b in batchnorm.named_buffers()))
+        original(loss, evaluate)
+
+    salsa.prepare_step = checking_prepare
+    trainer.train()
+    assert checked == [True] * 6 and salsa.search.trial_forwards >= 6  # the trials ran and changed nothing
+    assert batchnorm.num_batches_tracked.item() == 6  # one per training forward
+
+
 def test_bf16_autocast_on_cpu(tmp_path, make_bert, mrpc_train, bert_tokenizer):
     trainer = make_trainer(tmp_path, make_bert(dropout=0.1), mrpc_train, bert_tokenizer, bf16=True)
     checked = []
