@@ -60,8 +60,7 @@ PRECONDITIONERS = ("adam", "sgd")
 # Where the first search starts: the step size lives on the preconditioner's scale. Adam's starts
 # at the low end of fine-tuning rates and must earn its growth (docs/algorithm.md, the lab).
 DEFAULT_INIT_STEP_SIZE = {"adam": 1e-4, "sgd": 0.1}
-GROWTH_SCHEDULES = ("search", "step", "elapsed")
-INTERVAL_RULES = ("steady", "doubling")
+GROWTH_SCHEDULES = ("search", "step")
 SEARCH_STEPS = ("momentum", "trial")
 SMOOTHING_CLOCKS = ("step", "search")
 SEARCH_DIRECTIONS = ("update", "previous", "gradient")
@@ -150,9 +149,7 @@ class SaLSa(Optimizer):
         adaptive_frequency: False searches on every step.
         warmup_searches: the first this many steps always search.
         grow_on: ``"step"`` multiplies the step size by ``growth`` on every step (the authors'
-            ``AdamSLS``, the paper's runs); ``"search"`` before each search (their pip package);
-            ``"elapsed"`` before each search by ``growth`` per step since the last one (a climb
-            as fast per step however rarely it searches).
+            ``AdamSLS``, the paper's runs); ``"search"`` before each search (their pip package).
         search_step: after a search along the gradient, ``"momentum"`` takes the Adam/momentum
             step with the step size found (``AdamSLS``, the paper's runs); ``"trial"`` keeps the
             accepted trial point (the pip package).
@@ -169,10 +166,6 @@ class SaLSa(Optimizer):
             after ``k`` quiet steps weighs ``1 - beta3**k``), so their memory is the same however
             rarely the search runs; ``"search"`` decays them by ``beta3`` per search (the paper).
         max_interval: the longest interval between searches, >= 1 (the paper: 10).
-        interval_rule: ``"steady"`` sets the interval from how steady the accepted step sizes are
-            (the paper's eq. 3.10-3.13); ``"doubling"`` doubles it after each search that took its
-            first trial and the loss trend did not back off, and resets it to 1 after one that
-            backtracked or backed off: searches that find nothing new become rare.
         backtracking: ``"constant"`` multiplies a rejected trial by ``delta``; ``"accelerating"``
             by ``delta``, ``delta**2``, ``delta**3``, ... (the j-th rejection of a search by
             ``delta**j``), so a search far from its answer gets there in few trials.
@@ -214,7 +207,6 @@ class SaLSa(Optimizer):
         search_direction: str = "update",
         smooth_over: str = "step",
         max_interval: int = 10,
-        interval_rule: str = "steady",
         backtracking: str = "accelerating",
         loss_trend: bool = True,
         total_steps: int | None = None,
@@ -227,7 +219,6 @@ class SaLSa(Optimizer):
         _check_choice("smooth_over", smooth_over, SMOOTHING_CLOCKS)
         _check_choice("search_direction", search_direction, SEARCH_DIRECTIONS)
         _check_choice("backtracking", backtracking, BACKTRACKING)
-        _check_choice("interval_rule", interval_rule, INTERVAL_RULES)
         if not (isinstance(cooldown, (int, float)) and 0 <= cooldown <= 1):
             raise ValueError(f"cooldown must be in [0, 1], got {cooldown!r}")
         if not (isinstance(max_interval, int) and max_interval >= 1):
@@ -264,7 +255,6 @@ class SaLSa(Optimizer):
         self.smooth_over = smooth_over
         self.search_direction = search_direction
         self.max_interval = max_interval
-        self.interval_rule = interval_rule
         self.backtracking = backtracking
         self.loss_trend = loss_trend
         self.cooldown = cooldown
@@ -458,7 +448,7 @@ class SaLSa(Optimizer):
         last search by more than its noise, backed off by ``delta`` when it rose by more, kept
         otherwise (a plateau's ups and downs do not walk the step size about).
         """
-        grow = {"search": self.growth, "elapsed": self.growth ** (self.search.steps_since_search + 1)}.get(self.grow_on, 1.0)
+        grow = self.growth if self.grow_on == "search" else 1.0
         if not self.loss_trend:
             return grow
         search = self.search
@@ -524,8 +514,7 @@ class SaLSa(Optimizer):
         # took a value, so that their memory does not stretch when searches are rare.
         keep = self.beta3 ** (search.average_age if self.smooth_over == "step" else 1)
         norm_avg = keep * search.norm_avg + (1 - keep) * predicted
-        factor = self._growth_before_search()
-        step_size = search.step_size * factor
+        step_size = search.step_size * self._growth_before_search()
         search.steps_since_search = 0
         at = 0.0  # how far along the search direction the parameters are now
         for trial in range(self.max_backtracks):
@@ -553,12 +542,12 @@ class SaLSa(Optimizer):
 
         search.backtracks += trial
         search.last_backtracks = trial
-        self._update_interval(step_size, search.average_age, overshot=trial > 0 or factor < 1)
+        self._update_interval(step_size, search.average_age)
         search.decrease_avg, search.norm_avg, search.average_age = decrease_avg, norm_avg, 0
         search.step_size = step_size
         return step_size
 
-    def _update_interval(self, step_size: float, age: int, overshot: bool) -> None:
+    def _update_interval(self, step_size: float, age: int) -> None:
         """Search less often while the step size is steady (eq. 3.10-3.13).
 
         The two averages of the accepted step sizes are bias-corrected (the authors start them near
@@ -576,10 +565,7 @@ class SaLSa(Optimizer):
         fast, slow = search.fast_avg / search.fast_weight, search.slow_avg / search.slow_weight
         ratio = max(fast / slow, slow / fast)
         longest = self.max_interval
-        if self.interval_rule == "doubling":
-            search.interval = 1 if overshot else min(longest, 2 * search.interval)
-        else:
-            search.interval = longest if ratio <= 1 else min(longest, max(1, round(1 / (ratio - 1))))
+        search.interval = longest if ratio <= 1 else min(longest, max(1, round(1 / (ratio - 1))))
 
     # ---- helpers --------------------------------------------------------------------------------
 

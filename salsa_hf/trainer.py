@@ -95,6 +95,13 @@ class SaLSaMixin:
                     "where the line search cannot reach the loss or evaluate trial points. Scale out with DDP "
                     "(torchrun, several processes) or FSDP instead."
                 )
+            fsdp_version = getattr(getattr(self.accelerator.state, "fsdp_plugin", None), "fsdp_version", None)
+            if self.is_fsdp_enabled and fsdp_version != 2:
+                raise ValueError(
+                    f"SaLSa needs FSDP2 (fsdp_config={{'version': 2}}), got FSDP version {fsdp_version}: FSDP1 "
+                    "flattens each process's shard into a plain tensor, so the line search's inner products "
+                    "would cover one shard and every process would take its own step size."
+                )
             if hasattr(self.model, "add_model_tags"):  # every card written from the model (PEFT's too) names SaLSa
                 self.model.add_model_tags(list(MODEL_TAGS))
         return super().train(*args, **kwargs)
@@ -154,9 +161,11 @@ class SaLSaMixin:
 
     def _trial_closure(self, model, micro_batches):
         after = RngState.capture()
-        records = Bookkeeping.capture(self, model)
+        records = None  # taken at the first trial: most steps run none
 
         def evaluate() -> torch.Tensor:
+            nonlocal records
+            records = records or Bookkeeping.capture(self, model)
             total = 0.0
             for inputs, num_items_in_batch, rng in micro_batches:
                 rng.restore()

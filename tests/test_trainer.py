@@ -170,6 +170,18 @@ def test_deepspeed_is_refused_before_any_step_naming_ddp_and_fsdp(tmp_path, make
     assert not adamw._uses_line_search()  # other optimizers are the Trainer's business
 
 
+def test_fsdp1_is_refused_before_any_step(tmp_path, make_bert, mrpc_train, bert_tokenizer, monkeypatch):
+    # (accelerate runs FSDP only on accelerators: the Trainer's own flags stand for it.)
+    from types import SimpleNamespace
+
+    trainer = make_trainer(tmp_path, make_bert(), mrpc_train, bert_tokenizer)
+    trainer.is_fsdp_enabled = True
+    monkeypatch.setattr(trainer.accelerator.state, "fsdp_plugin", SimpleNamespace(fsdp_version=1), raising=False)
+    with pytest.raises(ValueError, match=r"SaLSa needs FSDP2 \(fsdp_config=\{'version': 2\}\), got FSDP version 1"):
+        trainer.train()
+    assert trainer.state.global_step == 0 and not list((tmp_path / "out").rglob("*"))
+
+
 def test_salsa_figures_and_step_size_reach_tensorboard(tmp_path, make_bert, mrpc_train, bert_tokenizer):
     event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     trainer = make_trainer(tmp_path, make_bert(), mrpc_train, bert_tokenizer, report_to=["tensorboard"], logging_steps=2)
