@@ -21,14 +21,11 @@ from collections import defaultdict
 from pathlib import Path
 from statistics import geometric_mean, mean, stdev
 
-FINAL_FRACTION = 0.05
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import tail_mean as final_loss  # noqa: E402  (one definition of the final loss)
+
 DEFAULTS = "adamw_defaults"
 PEERS = ("sf_adamw", "prodigy")
-
-
-def final_loss(losses: list[float]) -> float:
-    tail = losses[-max(1, math.ceil(FINAL_FRACTION * len(losses))):]
-    return mean(tail)
 
 
 def extra_forwards(run: dict, skip_fraction: float = 0.0) -> float:

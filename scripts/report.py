@@ -46,13 +46,17 @@ def load_runs(runs_dir: Path) -> list[dict]:
     return [json.loads(path.read_text()) for path in sorted((runs_dir / "results").glob("*.json"))]
 
 
-def final_loss(log_history: list[dict], fraction: float = FINAL_FRACTION) -> float:
-    """The mean of the last ``fraction`` of the logged training losses (at least the last one)."""
-    losses = [entry["loss"] for entry in log_history if "loss" in entry]
+def tail_mean(losses: list[float], fraction: float = FINAL_FRACTION) -> float:
+    """The talk's final training loss: the mean of the last ``fraction`` of the losses (at least the last one)."""
     if not losses:
         raise ValueError("the run logged no training loss")
     count = max(1, math.ceil(fraction * len(losses)))
     return mean(losses[-count:])
+
+
+def final_loss(log_history: list[dict], fraction: float = FINAL_FRACTION) -> float:
+    """``tail_mean`` of the training losses in a Trainer's log history."""
+    return tail_mean([entry["loss"] for entry in log_history if "loss" in entry], fraction)
 
 
 def summarize(runs: list[dict]) -> dict[tuple[str, str], dict]:
