@@ -49,11 +49,12 @@ def global_values(sums: Sequence[Tensor]) -> list[float]:
     placement, so every process reads the same global value and takes the same decision.
     """
     values: list[float] = [0.0] * len(sums)
-    kinds: dict[tuple | None, list[int]] = defaultdict(list)
+    # A plain tensor's kind is its device; a DTensor's is its (mesh, placements).
+    kinds: dict[torch.device | tuple, list[int]] = defaultdict(list)
     for i, t in enumerate(sums):
-        kinds[(t.device_mesh, t.placements) if _is_dtensor(t) else (t.device,)].append(i)
+        kinds[(t.device_mesh, t.placements) if _is_dtensor(t) else t.device].append(i)
     for kind, indices in kinds.items():
-        if len(kind) == 2:  # a DTensor's mesh and placements
+        if isinstance(kind, tuple):
             local = torch.stack([sums[i].to_local() for i in indices])
             stacked = DTensor.from_local(local, *kind).full_tensor()
         else:
