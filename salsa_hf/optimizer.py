@@ -60,7 +60,7 @@ PRECONDITIONERS = ("adam", "sgd")
 # Where the first search starts: the step size lives on the preconditioner's scale. Adam's starts
 # at the low end of fine-tuning rates and must earn its growth (docs/algorithm.md, the lab).
 DEFAULT_INIT_STEP_SIZE = {"adam": 1e-4, "sgd": 0.1}
-GROWTH_SCHEDULES = ("search", "step")
+GROWTH_SCHEDULES = ("search", "step", "trend")
 SEARCH_STEPS = ("momentum", "trial")
 SMOOTHING_CLOCKS = ("step", "search")
 SEARCH_DIRECTIONS = ("update", "previous", "gradient")
@@ -88,6 +88,7 @@ class LineSearchState:
     loss_noise_avg: float = 0.0  # EMA(LOSS_DECAY) of the squared change of the loss from step to step
     previous_loss: float | None = None
     loss_at_search: float | None = None  # the bias-corrected loss_avg at the last search
+    reference_samples: int = 0  # losses in the average when loss_at_search was taken
     searches: int = 0  # searches that accepted a step
     backtracks: int = 0  # rejected trials, all searches together
     trial_forwards: int = 0  # loss evaluations spent by searches
@@ -209,6 +210,10 @@ class SaLSa(Optimizer):
         max_interval: int = 10,
         backtracking: str = "accelerating",
         loss_trend: bool = True,
+        trend_reference: str = "search",
+        trend_notches: bool = False,
+        interval_rule: str = "steady",
+        trend_backoff: float | None = None,
         total_steps: int | None = None,
         cooldown: float = 1.0,
         foreach: bool = True,
@@ -257,6 +262,10 @@ class SaLSa(Optimizer):
         self.max_interval = max_interval
         self.backtracking = backtracking
         self.loss_trend = loss_trend
+        self.trend_reference = trend_reference
+        self.trend_notches = trend_notches
+        self.interval_rule = interval_rule
+        self.trend_backoff = delta if trend_backoff is None else trend_backoff
         self.cooldown = cooldown
         self.total_steps = None
         self.set_total_steps(total_steps)
@@ -398,6 +407,8 @@ class SaLSa(Optimizer):
             search.step_size *= self.growth
         search.average_age += 1
         self._track_loss(loss_value)
+        if self.grow_on == "trend":
+            search.step_size *= self._growth_before_search()
 
         found, searched = None, False
         if due and self.search_direction == "previous" and search.step > 0:
@@ -448,24 +459,32 @@ class SaLSa(Optimizer):
         last search by more than its noise, backed off by ``delta`` when it rose by more, kept
         otherwise (a plateau's ups and downs do not walk the step size about).
         """
-        grow = self.growth if self.grow_on == "search" else 1.0
+        grow = self.growth if self.grow_on in ("search", "trend") else 1.0
         if not self.loss_trend:
             return grow
         search = self.search
         samples = search.training_forwards - search.skipped_steps  # this step's loss is in the average
         smoothed = search.loss_avg / (1 - LOSS_DECAY**samples)
-        previous, search.loss_at_search = search.loss_at_search, smoothed
+        previous = search.loss_at_search
+        if previous is None or self.trend_reference == "search":
+            search.loss_at_search, search.reference_samples = smoothed, samples
         if previous is None:
             return grow
         if samples < 3:  # one observed change would be its own noise estimate: a tie decided by rounding
             return 1.0
         # Changes of independent noise of variance sigma^2 have variance 2 sigma^2.
         sigma_sq = search.loss_noise_avg / (1 - LOSS_DECAY ** (samples - 1)) / 2
-        since = min(search.steps_since_search + 1, samples - 1)
+        if self.trend_reference == "search":
+            since = min(search.steps_since_search + 1, samples - 1)
+        else:
+            since = min(samples - search.reference_samples, samples - 1)
         noise = math.sqrt(sigma_sq * _average_change_variance(samples, since))
-        if smoothed > previous + noise:
-            return self.delta
-        return grow if smoothed < previous - noise else 1.0
+        fall = previous - smoothed
+        if abs(fall) <= noise:
+            return 1.0
+        search.loss_at_search, search.reference_samples = smoothed, samples
+        notches = math.floor(abs(fall) / noise) if self.trend_notches and noise > 0 else 1
+        return (grow if fall > 0 else self.trend_backoff) ** notches
 
     def _search_due(self) -> bool:
         """Whether the coming step searches (``search.step`` counts the steps taken so far)."""
@@ -514,7 +533,8 @@ class SaLSa(Optimizer):
         # took a value, so that their memory does not stretch when searches are rare.
         keep = self.beta3 ** (search.average_age if self.smooth_over == "step" else 1)
         norm_avg = keep * search.norm_avg + (1 - keep) * predicted
-        step_size = search.step_size * self._growth_before_search()
+        factor = self._growth_before_search() if self.grow_on != "trend" else 1.0
+        step_size = search.step_size * factor
         search.steps_since_search = 0
         at = 0.0  # how far along the search direction the parameters are now
         for trial in range(self.max_backtracks):
@@ -542,12 +562,12 @@ class SaLSa(Optimizer):
 
         search.backtracks += trial
         search.last_backtracks = trial
-        self._update_interval(step_size, search.average_age)
+        self._update_interval(step_size, search.average_age, overshot=trial > 0 or factor < 1)
         search.decrease_avg, search.norm_avg, search.average_age = decrease_avg, norm_avg, 0
         search.step_size = step_size
         return step_size
 
-    def _update_interval(self, step_size: float, age: int) -> None:
+    def _update_interval(self, step_size: float, age: int, overshot: bool = False) -> None:
         """Search less often while the step size is steady (eq. 3.10-3.13).
 
         The two averages of the accepted step sizes are bias-corrected (the authors start them near
@@ -565,7 +585,12 @@ class SaLSa(Optimizer):
         fast, slow = search.fast_avg / search.fast_weight, search.slow_avg / search.slow_weight
         ratio = max(fast / slow, slow / fast)
         longest = self.max_interval
-        search.interval = longest if ratio <= 1 else min(longest, max(1, round(1 / (ratio - 1))))
+        if self.interval_rule == "doubling":
+            search.interval = 1 if overshot else min(longest, 2 * search.interval)
+        elif self.interval_rule == "halving":
+            search.interval = max(1, search.interval // 2) if overshot else min(longest, 2 * search.interval)
+        else:
+            search.interval = longest if ratio <= 1 else min(longest, max(1, round(1 / (ratio - 1))))
 
     # ---- helpers --------------------------------------------------------------------------------
 
