@@ -3,16 +3,18 @@
 One step size for the whole model is found by a backtracking line search on the mini-batch loss:
 a trial step ``eta`` along a search direction ``-P x`` is accepted when the *smoothed* decrease
 ``h`` is at least ``c * eta * s``, with ``s`` the smoothed predicted decrease ``<g, P x>``. The
-search runs only every ``interval`` steps, where the interval grows while the step size is steady.
+search runs only every ``interval`` steps, where the interval grows while searches agree with it.
 Between searches the optimizer is Adam (or SGD with momentum) at the last accepted step size.
 
 The defaults were chosen on the optimizer lab (``scripts/lab.py``, ``docs/algorithm.md``): the
-search tests Adam's own update with c = 0.5, starts from 1e-4 and grows by 1.1 only when the
-training loss has fallen by more than its noise since the last search (it backs off when the loss
-rose, and holds otherwise), and the step taken decays linearly over the run, as the Trainer's
-default schedule does, relative to the step size the search finds. The paper's own choices are
-options (``PAPER_SALSA``), and the four optimizers of its table are four settings of this class,
-named in ``PRESETS``.
+step size starts from 1e-4 and the training loss steers its growth: x1.05 on a step where the
+loss has fallen by more than its noise since the last such move, /1.05 where it rose by more,
+held otherwise. The line search is the ceiling: it tests Adam's own update with c = 0.3 and cuts
+a step size the trend grew too far; its interval doubles (up to 20) while searches accept their
+first trial and halves when one backtracks. The step taken decays linearly over the run, as the
+Trainer's default schedule does, relative to the step size the search finds. The paper's own
+choices are options (``PAPER_SALSA``), and the four optimizers of its table are four settings of
+this class, named in ``PRESETS``.
 The tensor math lives in ``functional.py``; this file holds the decisions and the state.
 """
 
@@ -33,10 +35,10 @@ from .rng import RngState
 
 LossClosure = Callable[[], Tensor]
 
-# The line-search frequency rule of the paper (eq. 3.10-3.13): EMAs of the accepted step size.
+# The paper's line-search frequency rule (eq. 3.10-3.13, interval_rule="steady"): EMAs of the accepted step size.
 FAST_DECAY = 0.9
 SLOW_DECAY = 0.99
-LOSS_DECAY = 0.9  # the training-loss average (about ten steps) that loss_trend compares between searches
+LOSS_DECAY = 0.9  # the training-loss average (about ten steps) that loss_trend compares over time
 
 # SaLSa as the paper ran it (the authors' AdamSLS, and this project's first defaults): the Armijo
 # test along the gradient with c = 0.85, smoothed by beta3 per search, growth 2^(1/500) per step,
@@ -45,6 +47,7 @@ LOSS_DECAY = 0.9  # the training-loss average (about ten steps) that loss_trend 
 PAPER_SALSA = {
     "c": 0.85, "search_direction": "gradient", "grow_on": "step", "growth": 2 ** (1 / 500),
     "smooth_over": "search", "backtracking": "constant", "loss_trend": False, "cooldown": 0.0,
+    "interval_rule": "steady", "max_interval": 10,
 }
 # Plain stochastic Armijo (Vaswani et al. 2019) as the authors ran it for their GLUE baselines: the
 # same with no smoothing, a search on every step and c = 0.1, from Adam's usual 1e-3.
@@ -60,7 +63,8 @@ PRECONDITIONERS = ("adam", "sgd")
 # Where the first search starts: the step size lives on the preconditioner's scale. Adam's starts
 # at the low end of fine-tuning rates and must earn its growth (docs/algorithm.md, the lab).
 DEFAULT_INIT_STEP_SIZE = {"adam": 1e-4, "sgd": 0.1}
-GROWTH_SCHEDULES = ("search", "step", "trend")
+GROWTH_SCHEDULES = ("search", "step")
+INTERVAL_RULES = ("agreement", "steady")
 SEARCH_STEPS = ("momentum", "trial")
 SMOOTHING_CLOCKS = ("step", "search")
 SEARCH_DIRECTIONS = ("update", "previous", "gradient")
@@ -87,8 +91,8 @@ class LineSearchState:
     loss_avg: float = 0.0  # EMA(LOSS_DECAY) of the training loss, per step (before bias correction)
     loss_noise_avg: float = 0.0  # EMA(LOSS_DECAY) of the squared change of the loss from step to step
     previous_loss: float | None = None
-    loss_at_search: float | None = None  # the bias-corrected loss_avg at the last search
-    reference_samples: int = 0  # losses in the average when loss_at_search was taken
+    reference_loss: float | None = None  # the bias-corrected loss_avg when the loss trend last moved the step size
+    reference_samples: int = 0  # the losses that average held then
     searches: int = 0  # searches that accepted a step
     backtracks: int = 0  # rejected trials, all searches together
     trial_forwards: int = 0  # loss evaluations spent by searches
@@ -150,7 +154,8 @@ class SaLSa(Optimizer):
         adaptive_frequency: False searches on every step.
         warmup_searches: the first this many steps always search.
         grow_on: ``"step"`` multiplies the step size by ``growth`` on every step (the authors'
-            ``AdamSLS``, the paper's runs); ``"search"`` before each search (their pip package).
+            ``AdamSLS``, the paper's runs; with ``loss_trend``, on the steps the trend earns it);
+            ``"search"`` before each search (their pip package, with growth 1.1).
         search_step: after a search along the gradient, ``"momentum"`` takes the Adam/momentum
             step with the step size found (``AdamSLS``, the paper's runs); ``"trial"`` keeps the
             accepted trial point (the pip package).
@@ -167,15 +172,23 @@ class SaLSa(Optimizer):
             after ``k`` quiet steps weighs ``1 - beta3**k``), so their memory is the same however
             rarely the search runs; ``"search"`` decays them by ``beta3`` per search (the paper).
         max_interval: the longest interval between searches, >= 1 (the paper: 10).
+        interval_rule: ``"agreement"`` doubles the interval after a search that accepted its first
+            trial (it had nothing to change) and halves it after one that backtracked;
+            ``"steady"`` sets it from how steady the accepted step sizes are (the paper's eq.
+            3.10-3.13), which reads a step size the loss trend is growing as unsteady and searches
+            on every step of a climb.
         backtracking: ``"constant"`` multiplies a rejected trial by ``delta``; ``"accelerating"``
             by ``delta``, ``delta**2``, ``delta**3``, ... (the j-th rejection of a search by
             ``delta**j``), so a search far from its answer gets there in few trials.
-        loss_trend: the training loss (an average over about ten steps) decides how a search
-            starts: grown by ``growth`` when the loss fell since the last search by more than its
-            own noise, from ``delta`` times the step size when it rose by more, from the step size
-            itself otherwise. The steps taken, not just the trial, must pay off for the step size
-            to grow; a run whose loss keeps rising backs off however the trials look; a plateau
-            holds it (with ``grow_on="search"``).
+        loss_trend: the training loss (an average over about ten steps) gates the growth: at
+            each step (``grow_on="step"``) or search (``"search"``) the step size grows by
+            ``growth`` when the loss fell by more than the noise of that difference since the trend
+            last moved the step size, shrinks by ``1 / growth`` when it rose by more, and holds
+            otherwise, the evidence accumulating until it is clear. The steps taken, not just a
+            trial, must pay off for the step size to grow: a slow, steady fall earns growth at a
+            rate that follows its slope, a run whose loss keeps rising backs off however the
+            trials look, and a plateau holds it. The line search is then the ceiling: it cuts a
+            step size the trend grew past what the Armijo test accepts.
         total_steps: the steps the run will take, if known (``SaLSaTrainer`` sets it); enables
             the cool-down.
         cooldown: share of ``total_steps`` at the end over which the step taken decays linearly
@@ -191,10 +204,10 @@ class SaLSa(Optimizer):
         params,
         *,
         preconditioner: str = "adam",
-        c: float = 0.5,
+        c: float = 0.3,
         beta3: float = 0.99,
         delta: float = 0.9,
-        growth: float = 1.1,
+        growth: float = 1.05,
         init_step_size: float | None = None,
         max_backtracks: int = 60,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -203,17 +216,14 @@ class SaLSa(Optimizer):
         smoothing: bool = True,
         adaptive_frequency: bool = True,
         warmup_searches: int = 10,
-        grow_on: str = "search",
+        grow_on: str = "step",
         search_step: str = "momentum",
         search_direction: str = "update",
         smooth_over: str = "step",
-        max_interval: int = 10,
+        max_interval: int = 20,
         backtracking: str = "accelerating",
         loss_trend: bool = True,
-        trend_reference: str = "search",
-        trend_notches: bool = False,
-        interval_rule: str = "steady",
-        trend_backoff: float | None = None,
+        interval_rule: str = "agreement",
         total_steps: int | None = None,
         cooldown: float = 1.0,
         foreach: bool = True,
@@ -224,6 +234,7 @@ class SaLSa(Optimizer):
         _check_choice("smooth_over", smooth_over, SMOOTHING_CLOCKS)
         _check_choice("search_direction", search_direction, SEARCH_DIRECTIONS)
         _check_choice("backtracking", backtracking, BACKTRACKING)
+        _check_choice("interval_rule", interval_rule, INTERVAL_RULES)
         if not (isinstance(cooldown, (int, float)) and 0 <= cooldown <= 1):
             raise ValueError(f"cooldown must be in [0, 1], got {cooldown!r}")
         if not (isinstance(max_interval, int) and max_interval >= 1):
@@ -262,10 +273,7 @@ class SaLSa(Optimizer):
         self.max_interval = max_interval
         self.backtracking = backtracking
         self.loss_trend = loss_trend
-        self.trend_reference = trend_reference
-        self.trend_notches = trend_notches
         self.interval_rule = interval_rule
-        self.trend_backoff = delta if trend_backoff is None else trend_backoff
         self.cooldown = cooldown
         self.total_steps = None
         self.set_total_steps(total_steps)
@@ -403,12 +411,10 @@ class SaLSa(Optimizer):
         groups = self._active_groups()
         scale = self.step_scale  # the cool-down's factor on the step taken (the search tests the undecayed one)
         due = self._search_due()
-        if self.grow_on == "step":
-            search.step_size *= self.growth
         search.average_age += 1
         self._track_loss(loss_value)
-        if self.grow_on == "trend":
-            search.step_size *= self._growth_before_search()
+        if self.grow_on == "step":
+            search.step_size *= self._growth_factor()
 
         found, searched = None, False
         if due and self.search_direction == "previous" and search.step > 0:
@@ -452,39 +458,36 @@ class SaLSa(Optimizer):
             search.loss_noise_avg = LOSS_DECAY * search.loss_noise_avg + (1 - LOSS_DECAY) * change**2
         search.previous_loss = loss
 
-    def _growth_before_search(self) -> float:
-        """The factor on the step size a search starts from.
+    def _growth_factor(self) -> float:
+        """The factor the growth rule puts on the step size now (each step, or before a search).
 
-        With ``loss_trend``, the training loss's average decides: grown when it fell since the
-        last search by more than its noise, backed off by ``delta`` when it rose by more, kept
-        otherwise (a plateau's ups and downs do not walk the step size about).
+        Without ``loss_trend``: ``growth``. With it, the training loss's average decides, against
+        its value when the trend last moved the step size: a fall larger than the noise of that
+        difference grows the step size by ``growth``, a rise larger than it shrinks it by
+        ``1 / growth``, and either makes the present average the new reference. Otherwise the
+        step size holds and the evidence accumulates against the same reference, so a slow, steady
+        fall earns its growth in time, while a plateau's ups and downs do not walk it about.
         """
-        grow = self.growth if self.grow_on in ("search", "trend") else 1.0
         if not self.loss_trend:
-            return grow
+            return self.growth
         search = self.search
         samples = search.training_forwards - search.skipped_steps  # this step's loss is in the average
         smoothed = search.loss_avg / (1 - LOSS_DECAY**samples)
-        previous = search.loss_at_search
-        if previous is None or self.trend_reference == "search":
-            search.loss_at_search, search.reference_samples = smoothed, samples
-        if previous is None:
-            return grow
+        reference = search.reference_loss
+        if reference is None:  # nothing to compare with yet
+            search.reference_loss, search.reference_samples = smoothed, samples
+            return self.growth
         if samples < 3:  # one observed change would be its own noise estimate: a tie decided by rounding
             return 1.0
         # Changes of independent noise of variance sigma^2 have variance 2 sigma^2.
         sigma_sq = search.loss_noise_avg / (1 - LOSS_DECAY ** (samples - 1)) / 2
-        if self.trend_reference == "search":
-            since = min(search.steps_since_search + 1, samples - 1)
-        else:
-            since = min(samples - search.reference_samples, samples - 1)
+        since = min(samples - search.reference_samples, samples - 1)
         noise = math.sqrt(sigma_sq * _average_change_variance(samples, since))
-        fall = previous - smoothed
+        fall = reference - smoothed
         if abs(fall) <= noise:
             return 1.0
-        search.loss_at_search, search.reference_samples = smoothed, samples
-        notches = math.floor(abs(fall) / noise) if self.trend_notches and noise > 0 else 1
-        return (grow if fall > 0 else self.trend_backoff) ** notches
+        search.reference_loss, search.reference_samples = smoothed, samples
+        return self.growth if fall > 0 else 1 / self.growth
 
     def _search_due(self) -> bool:
         """Whether the coming step searches (``search.step`` counts the steps taken so far)."""
@@ -533,8 +536,7 @@ class SaLSa(Optimizer):
         # took a value, so that their memory does not stretch when searches are rare.
         keep = self.beta3 ** (search.average_age if self.smooth_over == "step" else 1)
         norm_avg = keep * search.norm_avg + (1 - keep) * predicted
-        factor = self._growth_before_search() if self.grow_on != "trend" else 1.0
-        step_size = search.step_size * factor
+        step_size = search.step_size * (self._growth_factor() if self.grow_on == "search" else 1.0)
         search.steps_since_search = 0
         at = 0.0  # how far along the search direction the parameters are now
         for trial in range(self.max_backtracks):
@@ -562,20 +564,27 @@ class SaLSa(Optimizer):
 
         search.backtracks += trial
         search.last_backtracks = trial
-        self._update_interval(step_size, search.average_age, overshot=trial > 0 or factor < 1)
+        self._update_interval(step_size, search.average_age, backtracked=trial > 0)
         search.decrease_avg, search.norm_avg, search.average_age = decrease_avg, norm_avg, 0
         search.step_size = step_size
         return step_size
 
-    def _update_interval(self, step_size: float, age: int, overshot: bool = False) -> None:
-        """Search less often while the step size is steady (eq. 3.10-3.13).
+    def _update_interval(self, step_size: float, age: int, backtracked: bool) -> None:
+        """Search less often while the searches have nothing to change.
 
-        The two averages of the accepted step sizes are bias-corrected (the authors start them near
-        0 uncorrected, which holds the interval at 1 for hundreds of steps) and, with
-        ``smooth_over="step"``, decay per step, ``age`` being the steps since the last accepted search.
+        ``"agreement"``: the interval doubles after a search that accepted its first trial and
+        halves after one that backtracked. ``"steady"`` (eq. 3.10-3.13): it follows how steady
+        two averages of the accepted step sizes are, bias-corrected (the authors start them near 0
+        uncorrected, which holds the interval at 1 for hundreds of steps) and, with
+        ``smooth_over="step"``, decayed per step, ``age`` being the steps since the last accepted
+        search.
         """
         search = self.search
         search.searches += 1
+        longest = self.max_interval
+        if self.interval_rule == "agreement":
+            search.interval = max(1, search.interval // 2) if backtracked else min(longest, 2 * search.interval)
+            return
         steps = age if self.smooth_over == "step" else 1
         fast_keep, slow_keep = FAST_DECAY**steps, SLOW_DECAY**steps
         search.fast_avg = fast_keep * search.fast_avg + (1 - fast_keep) * step_size
@@ -584,13 +593,7 @@ class SaLSa(Optimizer):
         search.slow_weight = slow_keep * search.slow_weight + (1 - slow_keep)
         fast, slow = search.fast_avg / search.fast_weight, search.slow_avg / search.slow_weight
         ratio = max(fast / slow, slow / fast)
-        longest = self.max_interval
-        if self.interval_rule == "doubling":
-            search.interval = 1 if overshot else min(longest, 2 * search.interval)
-        elif self.interval_rule == "halving":
-            search.interval = max(1, search.interval // 2) if overshot else min(longest, 2 * search.interval)
-        else:
-            search.interval = longest if ratio <= 1 else min(longest, max(1, round(1 / (ratio - 1))))
+        search.interval = longest if ratio <= 1 else min(longest, max(1, round(1 / (ratio - 1))))
 
     # ---- helpers --------------------------------------------------------------------------------
 

@@ -254,7 +254,7 @@ def salsa_model_card(card: str, salsa: SaLSa, name: str, model: torch.nn.Module 
         f"- optimizer: SaLSa ({name}: {salsa.preconditioner} preconditioner, c={salsa.c}, beta3={salsa.beta3}, "
         f"delta={salsa.delta}, growth={salsa.growth} per {salsa.grow_on}, init_step_size={salsa.init_step_size}, "
         f"smoothing={salsa.smoothing} per {salsa.smooth_over}, adaptive_frequency={salsa.adaptive_frequency} "
-        f"(max_interval={salsa.max_interval}), search_direction={salsa.search_direction}, "
+        f"(interval_rule={salsa.interval_rule}, max_interval={salsa.max_interval}), search_direction={salsa.search_direction}, "
         f"loss_trend={salsa.loss_trend}, cooldown={salsa.cooldown}, "
         f"betas={tuple(salsa.defaults['betas'])}, eps={salsa.defaults['eps']})"
     )

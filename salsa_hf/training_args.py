@@ -50,7 +50,9 @@ class SaLSaArguments:
     salsa_beta3: float | None = _salsa_field("beta3", "Smoothing of the Armijo test, in [0, 1).")
     salsa_delta: float | None = _salsa_field("delta", "Backtracking factor, in (0, 1).")
     salsa_growth: float | None = _salsa_field("growth", "Step-size growth factor, >= 1.")
-    salsa_grow_on: str | None = _salsa_field("grow_on", "When the step size grows: 'search' or 'step'.")
+    salsa_grow_on: str | None = _salsa_field(
+        "grow_on", "When the step size may grow: 'step' (each step) or 'search' (before each search)."
+    )
     salsa_init_step_size: float | None = _salsa_field(
         "init_step_size", "First trial step size, > 0.",
         f"{DEFAULT_INIT_STEP_SIZE['adam']} for the Adam preconditioner, {DEFAULT_INIT_STEP_SIZE['sgd']} for SGD",
@@ -73,12 +75,16 @@ class SaLSaArguments:
         "smooth_over", "The smoothing's clock: 'step' (beta3 per optimizer step) or 'search' (per search, the paper)."
     )
     salsa_max_interval: int | None = _salsa_field("max_interval", "Longest interval between searches, >= 1.")
+    salsa_interval_rule: str | None = _salsa_field(
+        "interval_rule", "How the interval adapts: 'agreement' (doubles after a search that took its first trial, "
+        "halves after one that backtracked) or 'steady' (the paper's rule, from the accepted step sizes)."
+    )
     salsa_backtracking: str | None = _salsa_field(
         "backtracking", "'accelerating' (the j-th rejection multiplies by delta**j) or 'constant' (by delta)."
     )
     salsa_loss_trend: bool | None = _salsa_field(
         "loss_trend", "Grow the step size only when the training loss fell by more than its noise since the "
-        "last search; back off when it rose by more; else hold."
+        "trend last moved it; shrink it by the same factor when the loss rose by more; else hold."
     )
     salsa_cooldown: float | None = _salsa_field(
         "cooldown", "Share of the run's steps at the end over which the step taken decays linearly to 0, in [0, 1] "

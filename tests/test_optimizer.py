@@ -578,7 +578,7 @@ def test_searching_along_the_update_accepts_the_adam_step_it_tested(cancer):
 
 def test_cooldown_decays_the_step_linearly_over_the_last_share_of_the_run(cancer):
     model = mlp(dropout=0.0)
-    opt = SaLSa(model.parameters(), total_steps=40, cooldown=0.25)
+    opt = SaLSa(model.parameters(), total_steps=40, cooldown=0.25, max_interval=4)
     scales, searched = [], []
     for xb, yb in batches(cancer, 40):
         scales.append(opt.step_scale)
@@ -689,7 +689,36 @@ def test_loss_trend_grows_on_a_clear_fall_backs_off_on_a_clear_rise_and_holds_on
     assert noise[-15:] == [1.0] * 15
     # (The average spans about ten steps: a trend shows once it outweighs the steps before.)
     assert factors([-0.5 * k for k in range(1, 21)])[-10:] == pytest.approx([1.1] * 10)
-    assert factors([-10 + 0.5 * k for k in range(1, 21)])[-10:] == pytest.approx([0.8] * 10)
+    # A rise shrinks by one notch of growth (not by delta, the backtracking factor).
+    assert factors([-10 + 0.5 * k for k in range(1, 21)])[-10:] == pytest.approx([1 / 1.1] * 10)
+
+
+@pytest.mark.parametrize("direction", [-1, 1])
+def test_a_slow_trend_under_the_noise_accumulates_until_it_moves_the_step_size(direction):
+    """Each step's change is 1/50 of the noise; the evidence keeps adding up against the loss at the
+    last move, so the step size moves by one notch at a time, about twice as often for twice the slope."""
+
+    def moves(slope: float) -> list[tuple[int, float]]:
+        w = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
+        opt = SaLSa([w], grow_on="step", growth=1.1, adaptive_frequency=False, init_step_size=1e-6, smoothing=False)
+        out = []
+        for k in range(300):
+            before = opt.search.step_size
+            offset = 0.1 * (-1) ** k + direction * slope * k
+            opt.step(lambda: (w**2).sum() + offset)
+            if k > 0 and opt.search.step_size != before:
+                out.append((k, opt.search.step_size / before))
+        return out
+
+    assert moves(0.0) == []  # noise alone: held
+    slow, fast = moves(0.002), moves(0.004)
+    notch = 1.1 if direction < 0 else 1 / 1.1
+    assert [f for _, f in slow + fast] == pytest.approx([notch] * (len(slow) + len(fast)))
+    def gaps(found):  # steps between moves, each move needing fresh evidence
+        return [b - a for (a, _), (b, _) in zip(found, found[1:])]
+
+    assert len(slow) >= 5 and min(gaps(slow) + gaps(fast)) > 1
+    assert 1.7 <= sum(gaps(slow)) / len(gaps(slow)) / (sum(gaps(fast)) / len(gaps(fast))) <= 2.5
 
 
 @pytest.mark.parametrize("samples, k", [(2, 1), (5, 3), (12, 10), (400, 7)])
@@ -703,3 +732,24 @@ def test_the_loss_trend_noise_is_the_variance_of_the_change_of_the_average(sampl
 
     change = [a - b for a, b in zip(weights(samples), weights(samples - k))]
     assert _average_change_variance(samples, k) == pytest.approx(sum(c * c for c in change), rel=1e-9)
+
+
+def test_the_interval_doubles_while_searches_agree_and_halves_when_one_backtracks(cancer):
+    model = mlp(dropout=0.0)
+    opt = SaLSa(model.parameters(), warmup_searches=0, max_interval=8, init_step_size=1e-4)
+    seen = {"agreed": 0, "backtracked": 0}
+    for step, (xb, yb) in enumerate(batches(cancer, 150)):
+        if step == 75:
+            opt.search.step_size = 1.0  # far too large: the next search must backtrack
+        before = opt.search.interval
+        opt.step(loss_closure(model, xb, yb))
+        if opt.search.last_searched:
+            if opt.search.last_backtracks:
+                seen["backtracked"] += 1
+                assert opt.search.interval == max(1, before // 2)
+            else:
+                seen["agreed"] += 1
+                assert opt.search.interval == min(8, 2 * before)
+        else:
+            assert opt.search.interval == before
+    assert seen["agreed"] >= 5 and seen["backtracked"] >= 1
