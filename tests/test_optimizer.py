@@ -474,6 +474,7 @@ BAD_ARGUMENTS = [
     ("search_direction", "random", "'update', 'previous', 'gradient'"),
     ("smooth_over", "epoch", "'step', 'search'"),
     ("backtracking", "bisect", "'accelerating', 'constant'"),
+    ("interval_rule", "fixed", "'agreement', 'steady'"),
     ("max_interval", 0, ">= 1"), ("max_interval", 2.5, ">= 1"),
     ("cooldown", 1.5, "[0, 1]"), ("cooldown", -0.1, "[0, 1]"),
     ("total_steps", 0, ">= 1"), ("total_steps", 10.5, ">= 1"),
