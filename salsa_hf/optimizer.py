@@ -35,7 +35,8 @@ from .rng import RngState
 
 LossClosure = Callable[[], Tensor]
 
-# The paper's line-search frequency rule (eq. 3.10-3.13, interval_rule="steady"): EMAs of the accepted step size.
+# The paper's line-search frequency rule (eq. 3.10-3.13, interval_rule="steady"): EMAs of the
+# accepted step size.
 FAST_DECAY = 0.9
 SLOW_DECAY = 0.99
 LOSS_DECAY = 0.9  # the training-loss average (about ten steps) that loss_trend compares over time
@@ -414,7 +415,7 @@ class SaLSa(Optimizer):
         search.average_age += 1
         self._track_loss(loss_value)
         if self.grow_on == "step":
-            search.step_size *= self._growth_factor()
+            search.step_size *= self._decide_growth()
 
         found, searched = None, False
         if due and self.search_direction == "previous" and search.step > 0:
@@ -458,8 +459,9 @@ class SaLSa(Optimizer):
             search.loss_noise_avg = LOSS_DECAY * search.loss_noise_avg + (1 - LOSS_DECAY) * change**2
         search.previous_loss = loss
 
-    def _growth_factor(self) -> float:
-        """The factor the growth rule puts on the step size now (each step, or before a search).
+    def _decide_growth(self) -> float:
+        """The factor the growth rule puts on the step size now (each step, or before a search);
+        with ``loss_trend`` a move also records the new reference, so call it once per decision.
 
         Without ``loss_trend``: ``growth``. With it, the training loss's average decides, against
         its value when the trend last moved the step size: a fall larger than the noise of that
@@ -536,7 +538,7 @@ class SaLSa(Optimizer):
         # took a value, so that their memory does not stretch when searches are rare.
         keep = self.beta3 ** (search.average_age if self.smooth_over == "step" else 1)
         norm_avg = keep * search.norm_avg + (1 - keep) * predicted
-        step_size = search.step_size * (self._growth_factor() if self.grow_on == "search" else 1.0)
+        step_size = search.step_size * (self._decide_growth() if self.grow_on == "search" else 1.0)
         search.steps_since_search = 0
         at = 0.0  # how far along the search direction the parameters are now
         for trial in range(self.max_backtracks):
