@@ -1,28 +1,31 @@
 """SaLSa: Stable Armijo Line Search Adaptation (Kenneweg et al., IJCNN 2024), as a torch Optimizer.
 
-One step size for the whole model is found by a backtracking line search on the mini-batch loss:
-a trial step ``eta`` along a search direction ``-P x`` is accepted when the *smoothed* decrease
-``h`` is at least ``c * eta * s``, with ``s`` the smoothed predicted decrease ``<g, P x>``. The
-search runs only every ``interval`` steps, where the interval grows while searches agree with it.
-Between searches the optimizer is Adam (or SGD with momentum) at the last accepted step size.
+One step size for the whole model, found by an Armijo line search on the mini-batch loss along
+Adam's own update and re-checked every few steps; between searches the optimizer is Adam (or SGD
+with momentum) at that step size. ``docs/algorithm.md`` is the specification; in short:
 
-The defaults were chosen on the optimizer lab (``scripts/lab.py``, ``docs/algorithm.md``): the
-step size starts from 1e-4 and the training loss steers its growth: x1.05 on a step where the
-loss has fallen by more than its noise since the last such move, /1.05 where it rose by more,
-held otherwise. The line search is the ceiling: it tests Adam's own update with c = 0.3 and cuts
-a step size the trend grew too far; its interval doubles (up to 20) while searches accept their
-first trial and halves when one backtracks. The step taken decays linearly over the run, as the
-Trainer's default schedule does, relative to the step size the search finds. The paper's own
-choices are options (``PAPER_SALSA``), and the four optimizers of its table are four settings of
-this class, named in ``PRESETS``.
-The tensor math lives in ``functional.py``; this file holds the decisions and the state.
+- The first search finds the scale from any ``init_step_size``, doubling or halving until the
+  Armijo test changes its answer.
+- Every later search spends one trial, one notch (``growth``) above the step size. With the loss,
+  its slope and the trial's loss, a quadratic along the update gives the curvature, and the
+  Armijo test's boundary ``2 (1 - c) p / q``; its smoothed form (slope and curvature averaged
+  over the searches with ``beta3``, the paper's smoothing of both sides of the test) decides:
+  grow to the trial, hold, or come down a notch. So the search senses the boundary from both
+  sides for one forward pass, and the step size moves one notch a search.
+- The interval between searches doubles after a hold and halves after a cut.
+- The step taken decays linearly over the run (``cooldown`` of ``total_steps``), relative to the
+  step size found, as the Trainer's default schedule does.
+
+The tensor math lives in ``functional.py``; this file holds the decisions and the state. The
+paper's algorithm as written is ``reference.SaLSaPaper``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,41 +38,11 @@ from .rng import RngState
 
 LossClosure = Callable[[], Tensor]
 
-# The paper's line-search frequency rule (eq. 3.10-3.13, interval_rule="steady"): EMAs of the
-# accepted step size.
-FAST_DECAY = 0.9
-SLOW_DECAY = 0.99
-LOSS_DECAY = 0.9  # the training-loss average (about ten steps) that loss_trend compares over time
-
-# SaLSa as the paper ran it (the authors' AdamSLS, and this project's first defaults): the Armijo
-# test along the gradient with c = 0.85, smoothed by beta3 per search, growth 2^(1/500) per step,
-# backtracking by 0.9, no loss-trend decision and no cool-down. The lab did not measure the SGD
-# variant with the newer mechanisms, so salsa_sgd keeps these.
-PAPER_SALSA = {
-    "c": 0.85, "search_direction": "gradient", "grow_on": "step", "growth": 2 ** (1 / 500),
-    "smooth_over": "search", "backtracking": "constant", "loss_trend": False, "cooldown": 0.0,
-    "interval_rule": "steady", "max_interval": 10,
-}
-# Plain stochastic Armijo (Vaswani et al. 2019) as the authors ran it for their GLUE baselines: the
-# same with no smoothing, a search on every step and c = 0.1, from Adam's usual 1e-3.
-PLAIN_ARMIJO = {**PAPER_SALSA, "smoothing": False, "adaptive_frequency": False, "c": 0.1}
-PRESETS: dict[str, dict[str, Any]] = {
-    "salsa": {"preconditioner": "adam"},
-    "salsa_sgd": {"preconditioner": "sgd", **PAPER_SALSA},
-    "sls": {"preconditioner": "adam", **PLAIN_ARMIJO, "init_step_size": 1e-3},
-    "sls_sgd": {"preconditioner": "sgd", **PLAIN_ARMIJO},
-}
-
 PRECONDITIONERS = ("adam", "sgd")
-# Where the first search starts: the step size lives on the preconditioner's scale. Adam's starts
-# at the low end of fine-tuning rates and must earn its growth (docs/algorithm.md, the lab).
+# Where the first search starts; it doubles or halves from there, so this only saves trials.
 DEFAULT_INIT_STEP_SIZE = {"adam": 1e-4, "sgd": 0.1}
-GROWTH_SCHEDULES = ("search", "step")
-INTERVAL_RULES = ("agreement", "steady")
-SEARCH_STEPS = ("momentum", "trial")
-SMOOTHING_CLOCKS = ("step", "search")
-SEARCH_DIRECTIONS = ("update", "previous", "gradient")
-BACKTRACKING = ("accelerating", "constant")
+MAX_TRIALS = 40  # per search: the first one may walk from 1e-7 to 1e-1 (20 doublings) and back
+SCALE_FACTOR = 2.0  # the first search's step between trials
 # Keys a param group may carry; the line-search settings are global (one step size for the model).
 GROUP_KEYS = {"params", "betas", "eps", "weight_decay", "name"}
 
@@ -80,26 +53,22 @@ class LineSearchState:
 
     step_size: float
     step: int = 0  # steps taken (a skipped step does not count)
-    decrease_avg: float = 0.0  # h: smoothed loss decrease of accepted trials
-    norm_avg: float = 0.0  # s: smoothed <g, P g>
-    fast_avg: float = 0.0  # EMA(0.9) of accepted step sizes
-    slow_avg: float = 0.0  # EMA(0.99) of accepted step sizes
-    fast_weight: float = 0.0  # the weight those EMAs have accumulated (their bias correction)
-    slow_weight: float = 0.0
+    slope_avg: float = 0.0  # EMA(beta3, per search) of the slope p
+    curvature_avg: float = 0.0  # EMA(beta3, per search) of the curvature q
+    average_weight: float = 0.0  # the weight both have accumulated (their bias correction)
     interval: int = 1  # steps between searches
     steps_since_search: int = 0
-    average_age: int = 0  # steps since h and s last took a value (the smoothing's clock)
-    loss_avg: float = 0.0  # EMA(LOSS_DECAY) of the training loss, per step (before bias correction)
-    loss_noise_avg: float = 0.0  # EMA(LOSS_DECAY) of the squared change of the loss from step to step
-    previous_loss: float | None = None
-    reference_loss: float | None = None  # the bias-corrected loss_avg when the loss trend last moved the step size
-    reference_samples: int = 0  # the losses that average held then
-    searches: int = 0  # searches that accepted a step
+    searches: int = 0  # searches that accepted a step size
+    grown: int = 0  # searches whose larger trial passed
+    held: int = 0  # searches that kept the step size: the larger trial failed, the step size passed
+    shrunk: int = 0  # searches that cut the step size
     backtracks: int = 0  # rejected trials, all searches together
     trial_forwards: int = 0  # loss evaluations spent by searches
     training_forwards: int = 0  # loss evaluations with backward, one per step() call
     skipped_steps: int = 0  # non-finite loss or gradient at the current point
-    failed_searches: int = 0  # max_backtracks trials, none accepted
+    failed_searches: int = 0  # the first search: MAX_TRIALS trials, none accepted
+    uphill_searches: int = 0  # searches where the update did not descend on the batch: no trial
+    last_loss: float | None = None  # the last step's training loss
     # What the last step() did, for logging.
     last_searched: bool = False
     last_backtracks: int = 0
@@ -110,94 +79,41 @@ class LineSearchState:
         return self.trial_forwards / max(self.training_forwards, 1)
 
 
-def _average_change_variance(samples: int, k: int, decay: float = LOSS_DECAY) -> float:
-    """Variance, per unit noise variance, of the change of a bias-corrected EMA of independent
-    samples between ``samples - k`` and ``samples`` samples (the two averages share the older ones)."""
-    n = samples - k
-    older = decay**k / (1 - decay**samples) - 1 / (1 - decay**n)  # weight change of the n older samples
-    newer = 1 / (1 - decay**samples)
-    def squares(m: int) -> float:  # the sum of decay^(2j) over j < m
-        return (1 - decay ** (2 * m)) / (1 - decay**2)
-
-    return (1 - decay) ** 2 * (older**2 * squares(n) + newer**2 * squares(k))
-
-
-def _check_open_unit(name: str, value: float, *, closed_low: bool = False) -> None:
-    low_ok = value >= 0 if closed_low else value > 0
-    if not (isinstance(value, (int, float)) and low_ok and value < 1):
-        bracket = "[0, 1)" if closed_low else "(0, 1)"
-        raise ValueError(f"{name} must be in {bracket}, got {value!r}")
-
-
-def _check_choice(name: str, value: Any, choices: Iterable[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+def check_number(name: str, value: Any, low: float, high: float = math.inf, *, low_open: bool = True,
+                 high_open: bool = True, integer: bool = False) -> None:
+    """Raise a ValueError naming ``name``, ``value`` and the allowed range unless value lies in it."""
+    kind = int if integer else (int, float)
+    ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        what = "an integer" if integer else "a number"
+        upper = "" if high == math.inf else f"{high:g}{')' if high_open else ']'}"
+        allowed = f"in {'(' if low_open else '['}{low:g}, {upper}" if upper else f"{'>' if low_open else '>='} {low:g}"
+        raise ValueError(f"{name} must be {what} {allowed}, got {value!r}")
 
 
 class SaLSa(Optimizer):
-    """Learning-rate-free Adam/SGD with a smoothed Armijo line search.
+    """Learning-rate-free Adam (or momentum SGD) with a smoothed Armijo line search.
 
     Args:
         params: parameters or param groups (groups may set ``betas``, ``eps``, ``weight_decay``).
-        preconditioner: ``"adam"`` (search along ``-g / (sqrt(v_hat) + eps)``) or ``"sgd"`` (``-g``).
-        c: Armijo constant, in (0, 1): the share of the predicted decrease a step must achieve.
-        beta3: smoothing of both sides of the Armijo test, in [0, 1) (per step, see ``smooth_over``).
-        delta: backtracking factor, in (0, 1): a rejected trial step is multiplied by it.
-        growth: factor >= 1 by which the step size may grow (see ``grow_on``).
-        init_step_size: first trial step size, > 0 (default: 1e-4 for Adam, the low end of
-            fine-tuning rates, from which the step size earns its growth; 0.1 for SGD, whose steps
-            are not normalised).
-        max_backtracks: trials per search, >= 1; when none is accepted the step is not taken.
-        betas: Adam's moment decays; ``betas[0]`` is the momentum of the SGD variant too.
-        eps: Adam's denominator term.
-        weight_decay: decoupled weight decay, scaled by the step size (as AdamW).
-        smoothing: False gives the plain Armijo test (``beta3 = 0``).
-        adaptive_frequency: False searches on every step.
+        preconditioner: ``"adam"`` or ``"sgd"`` (momentum SGD; its step size is not normalised).
+        c: the Armijo constant in (0, 1), **the one setting worth tuning**: the share of the
+            predicted decrease a step must achieve. Lower accepts larger steps.
+        beta3: smoothing of the test's slope and curvature over the searches, in [0, 1) (0:
+            each search tests its own batch alone).
+        growth: the notch, > 1: each search tries the step size times it, and the step size
+            grows or shrinks by it.
+        init_step_size: where the first search starts, > 0; it doubles or halves from there.
+        betas, eps, weight_decay: Adam's (``betas[0]`` is the SGD variant's momentum); the
+            weight decay is decoupled and scaled by the step size, as AdamW's.
         warmup_searches: the first this many steps always search.
-        grow_on: ``"step"`` multiplies the step size by ``growth`` on every step (the authors'
-            ``AdamSLS``, the paper's runs; with ``loss_trend``, on the steps the trend earns it);
-            ``"search"`` before each search (their pip package, with growth 1.1).
-        search_step: after a search along the gradient, ``"momentum"`` takes the Adam/momentum
-            step with the step size found (``AdamSLS``, the paper's runs); ``"trial"`` keeps the
-            accepted trial point (the pip package).
-        search_direction: ``"gradient"`` searches along ``-P g`` with the predicted decrease
-            ``<g, P g>`` (the paper); ``"update"`` along the step the optimizer takes,
-            ``-P m_hat``, with ``<g, P m_hat>``, so the search measures the very step it accepts
-            (where momentum and gradient disagree, ``<g, P m_hat> <= 0``, that search falls back
-            to the gradient); ``"previous"`` along the Adam update of the steps before, ``-P m_hat``
-            before this batch's gradient joins ``m``: a direction this batch did not choose, so its
-            loss change along it is an unbiased sample of the full loss's, and the test sees
-            gradient noise (a batch on which that direction goes uphill postpones the search by
-            a step; the first step searches along the gradient). The step taken is Adam's.
-        smooth_over: ``"step"`` decays the averages by ``beta3`` per optimizer step (a search
-            after ``k`` quiet steps weighs ``1 - beta3**k``), so their memory is the same however
-            rarely the search runs; ``"search"`` decays them by ``beta3`` per search (the paper).
-        max_interval: the longest interval between searches, >= 1 (the paper: 10).
-        interval_rule: ``"agreement"`` doubles the interval after a search that accepted its first
-            trial (it had nothing to change) and halves it after one that backtracked;
-            ``"steady"`` sets it from how steady the accepted step sizes are (the paper's eq.
-            3.10-3.13), which reads a step size the loss trend is growing as unsteady and searches
-            on every step of a climb.
-        backtracking: ``"constant"`` multiplies a rejected trial by ``delta``; ``"accelerating"``
-            by ``delta``, ``delta**2``, ``delta**3``, ... (the j-th rejection of a search by
-            ``delta**j``), so a search far from its answer gets there in few trials.
-        loss_trend: the training loss (an average over about ten steps) gates the growth: at
-            each step (``grow_on="step"``) or search (``"search"``) the step size grows by
-            ``growth`` when the loss fell by more than the noise of that difference since the trend
-            last moved the step size, shrinks by ``1 / growth`` when it rose by more, and holds
-            otherwise, the evidence accumulating until it is clear. The steps taken, not just a
-            trial, must pay off for the step size to grow: a slow, steady fall earns growth at a
-            rate that follows its slope, a run whose loss keeps rising backs off however the
-            trials look, and a plateau holds it. The line search is then the ceiling: it cuts a
-            step size the trend grew past what the Armijo test accepts.
+        max_interval: the longest interval between searches, >= 1.
         total_steps: the steps the run will take, if known (``SaLSaTrainer`` sets it); enables
-            the cool-down.
-        cooldown: share of ``total_steps`` at the end over which the step taken decays linearly
-            to 0, in [0, 1] (1: the Trainer's linear schedule over the whole run). Only the step
-            taken is scaled: the line search goes on finding the undecayed step size, the scale
-            the schedule is relative to.
-        foreach: use the multi-tensor kernels (default True; False runs the per-tensor reference
-            path, which the tests hold equal to it).
+            the decay of the step taken.
+        cooldown: the share of ``total_steps`` at the end over which the step taken decays
+            linearly to 0, in [0, 1] (1: the Trainer's linear schedule over the whole run).
+        foreach: multi-tensor kernels (False: the per-tensor reference path, held equal by tests).
     """
 
     def __init__(
@@ -205,82 +121,42 @@ class SaLSa(Optimizer):
         params,
         *,
         preconditioner: str = "adam",
-        c: float = 0.3,
-        beta3: float = 0.99,
-        delta: float = 0.9,
-        growth: float = 1.05,
+        c: float = 0.8,
+        beta3: float = 0.9,
+        growth: float = 1.25,
         init_step_size: float | None = None,
-        max_backtracks: int = 60,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
-        smoothing: bool = True,
-        adaptive_frequency: bool = True,
         warmup_searches: int = 10,
-        grow_on: str = "step",
-        search_step: str = "momentum",
-        search_direction: str = "update",
-        smooth_over: str = "step",
         max_interval: int = 20,
-        backtracking: str = "accelerating",
-        loss_trend: bool = True,
-        interval_rule: str = "agreement",
         total_steps: int | None = None,
         cooldown: float = 1.0,
         foreach: bool = True,
     ):
-        _check_choice("preconditioner", preconditioner, PRECONDITIONERS)
-        _check_choice("grow_on", grow_on, GROWTH_SCHEDULES)
-        _check_choice("search_step", search_step, SEARCH_STEPS)
-        _check_choice("smooth_over", smooth_over, SMOOTHING_CLOCKS)
-        _check_choice("search_direction", search_direction, SEARCH_DIRECTIONS)
-        _check_choice("backtracking", backtracking, BACKTRACKING)
-        _check_choice("interval_rule", interval_rule, INTERVAL_RULES)
-        if not (isinstance(cooldown, (int, float)) and 0 <= cooldown <= 1):
-            raise ValueError(f"cooldown must be in [0, 1], got {cooldown!r}")
-        if not (isinstance(max_interval, int) and max_interval >= 1):
-            raise ValueError(f"max_interval must be an integer >= 1, got {max_interval!r}")
-        _check_open_unit("c", c)
-        _check_open_unit("beta3", beta3, closed_low=True)
-        _check_open_unit("delta", delta)
-        if not (isinstance(growth, (int, float)) and math.isfinite(growth) and growth >= 1):
-            raise ValueError(f"growth must be a finite number >= 1, got {growth!r}")
+        if preconditioner not in PRECONDITIONERS:
+            raise ValueError(f"preconditioner must be one of {PRECONDITIONERS}, got {preconditioner!r}")
+        check_number("c", c, 0, 1)
+        check_number("beta3", beta3, 0, 1, low_open=False)
+        check_number("growth", growth, 1)
         if init_step_size is None:
             init_step_size = DEFAULT_INIT_STEP_SIZE[preconditioner]
-        if not (isinstance(init_step_size, (int, float)) and math.isfinite(init_step_size) and init_step_size > 0):
-            raise ValueError(f"init_step_size must be a finite number > 0, got {init_step_size!r}")
-        if not (isinstance(max_backtracks, int) and max_backtracks >= 1):
-            raise ValueError(f"max_backtracks must be an integer >= 1, got {max_backtracks!r}")
-        if not (isinstance(warmup_searches, int) and warmup_searches >= 0):
-            raise ValueError(f"warmup_searches must be an integer >= 0, got {warmup_searches!r}")
-        for key, value in (("smoothing", smoothing), ("adaptive_frequency", adaptive_frequency),
-                           ("loss_trend", loss_trend), ("foreach", foreach)):
-            if not isinstance(value, bool):
-                raise ValueError(f"{key} must be True or False, got {value!r}")
+        check_number("init_step_size", init_step_size, 0)
+        check_number("warmup_searches", warmup_searches, 0, low_open=False, integer=True)
+        check_number("max_interval", max_interval, 1, low_open=False, integer=True)
+        check_number("cooldown", cooldown, 0, 1, low_open=False, high_open=False)
+        if not isinstance(foreach, bool):
+            raise ValueError(f"foreach must be True or False, got {foreach!r}")
         self.preconditioner = preconditioner
-        self.c = c
-        self.beta3 = beta3 if smoothing else 0.0
-        self.delta = delta
-        self.growth = growth
+        self.c, self.beta3, self.growth = c, beta3, growth
         self.init_step_size = init_step_size
-        self.max_backtracks = max_backtracks
-        self.smoothing = smoothing
-        self.adaptive_frequency = adaptive_frequency
-        self.warmup_searches = warmup_searches
-        self.grow_on = grow_on
-        self.search_step = search_step
-        self.smooth_over = smooth_over
-        self.search_direction = search_direction
-        self.max_interval = max_interval
-        self.backtracking = backtracking
-        self.loss_trend = loss_trend
-        self.interval_rule = interval_rule
+        self.warmup_searches, self.max_interval = warmup_searches, max_interval
         self.cooldown = cooldown
-        self.total_steps = None
         self.set_total_steps(total_steps)
         self.foreach = foreach
         self.search = LineSearchState(step_size=init_step_size)
-        self._prepared: tuple[Tensor, LossClosure] | None = None
+        self._prepared: tuple[Tensor, LossClosure, float | None] | None = None
+        self._warned_zero_gradient = False
         # "lr" mirrors the current step size, so schedulers and loggers that read it see SaLSa's.
         defaults = {"lr": init_step_size, "betas": betas, "eps": eps, "weight_decay": weight_decay}
         super().__init__(params, defaults)
@@ -291,10 +167,11 @@ class SaLSa(Optimizer):
             )
 
     @classmethod
-    def from_name(cls, name: str, params, **overrides) -> "SaLSa":
-        """One of the paper's four optimizers by name (``PRESETS``), with any argument overridden."""
-        _check_choice("optimizer name", name, PRESETS)
-        return cls(params, **{**PRESETS[name], **overrides})
+    def from_name(cls, name: str, params, **overrides) -> Optimizer:
+        """One of the named optimizers of ``PRESETS`` (SaLSa, or the paper's reference), any argument overridden."""
+        from .presets import from_name
+
+        return from_name(name, params, **overrides)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         unknown = set(param_group) - GROUP_KEYS
@@ -305,24 +182,22 @@ class SaLSa(Optimizer):
             )
         group = {**self.defaults, **param_group}
         beta1, beta2 = group["betas"]
-        _check_open_unit("betas[0]", beta1, closed_low=True)
-        _check_open_unit("betas[1]", beta2, closed_low=True)
-        if not (isinstance(group["eps"], (int, float)) and group["eps"] >= 0):
-            raise ValueError(f"eps must be >= 0, got {group['eps']!r}")
-        if not (isinstance(group["weight_decay"], (int, float)) and group["weight_decay"] >= 0):
-            raise ValueError(f"weight_decay must be >= 0, got {group['weight_decay']!r}")
+        check_number("betas[0]", beta1, 0, 1, low_open=False)
+        check_number("betas[1]", beta2, 0, 1, low_open=False)
+        check_number("eps", group["eps"], 0, low_open=False)
+        check_number("weight_decay", group["weight_decay"], 0, low_open=False)
         super().add_param_group(param_group)
 
     def set_total_steps(self, total_steps: int | None) -> None:
         """Tell SaLSa how many steps the run takes (None: unknown, no cool-down)."""
-        if total_steps is not None and not (isinstance(total_steps, int) and total_steps >= 1):
-            raise ValueError(f"total_steps must be an integer >= 1 or None, got {total_steps!r}")
+        if total_steps is not None:
+            check_number("total_steps", total_steps, 1, low_open=False, integer=True)
         self.total_steps = total_steps
 
     @property
     def step_scale(self) -> float:
         """The cool-down's factor on the next step: 1, then linearly down to ``1 / cooldown_steps``."""
-        cooldown_steps = self._cooldown_steps()
+        cooldown_steps = 0 if self.total_steps is None else math.ceil(self.cooldown * self.total_steps)
         if not cooldown_steps:
             return 1.0
         upcoming = self.search.step + self.search.skipped_steps + 1
@@ -333,8 +208,14 @@ class SaLSa(Optimizer):
         """The step size the next step takes: the line search's, times the cool-down's factor."""
         return self.search.step_size * self.step_scale
 
-    def _cooldown_steps(self) -> int:
-        return 0 if self.total_steps is None else math.ceil(self.cooldown * self.total_steps)
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The constructor's arguments as this optimizer holds them (the model card lists them)."""
+        import inspect
+
+        names = [n for n in inspect.signature(type(self).__init__).parameters if n not in ("self", "params")]
+        values = {**self.defaults, **{n: getattr(self, n) for n in names if hasattr(self, n)}}
+        return {n: values[n] for n in names if n in values and n not in ("foreach", "total_steps")}
 
     # ---- state ----------------------------------------------------------------------------------
 
@@ -348,20 +229,37 @@ class SaLSa(Optimizer):
         if "line_search" not in state_dict:
             raise ValueError("not a SaLSa state dict: the 'line_search' entry is missing")
         search = state_dict.pop("line_search")
+        known = {f.name for f in dataclasses.fields(LineSearchState)}
+        if set(search) - known:
+            raise ValueError(
+                f"this SaLSa state dict has line-search entries {sorted(set(search) - known)} that this version "
+                "does not know: it was saved by another version of salsa-hf (or by reference.SaLSaPaper)"
+            )
         super().load_state_dict(state_dict)
         self.search = LineSearchState(**search)
         self._mirror_step_size()
 
     # ---- stepping -------------------------------------------------------------------------------
 
-    def prepare_step(self, loss: Tensor, evaluate: LossClosure) -> None:
+    def prepare_step(self, loss: Tensor, evaluate: LossClosure, grad_scale: float = 1.0) -> None:
         """Hand over a step whose gradients someone else computed (the Trainer does).
 
         ``loss`` is the mini-batch loss at the current parameters, whose gradients are already in
-        ``.grad``; ``evaluate()`` returns that same mini-batch loss at the current parameters with
-        the same random state (dropout masks), without backward. The next ``step()`` uses them.
+        ``.grad`` (times ``grad_scale``, a GradScaler's scale, if any); ``evaluate()`` returns that
+        same mini-batch loss at the current parameters with the same random state (dropout masks),
+        without backward. The next ``step()`` uses them. Gradient clipping between the two calls
+        is measured and undone in the line search's slope: the trials measure the loss, whose
+        slope is that of the unclipped gradient (a clipped one would make the test lax by the
+        clipping factor).
         """
-        self._prepared = (loss.detach(), evaluate)
+        norm_sq = None
+        if self._search_due():
+            norm_sq = self._gradient_norm_sq() / grad_scale**2
+        self._prepared = (loss.detach(), evaluate, norm_sq)
+
+    def _gradient_norm_sq(self) -> float:
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        return F.preconditioned_dot(grads, grads, None, 1.0, 0.0, foreach=self.foreach)
 
     @torch.no_grad()
     def step(self, closure: LossClosure | None = None) -> Tensor:
@@ -377,10 +275,13 @@ class SaLSa(Optimizer):
                 raise RuntimeError(
                     "SaLSa.step() needs the mini-batch loss to run its line search: call "
                     "step(closure) with a closure that returns the loss, or prepare_step(loss, "
-                    "evaluate) first. With transformers, use salsa_hf.SaLSaTrainer instead of Trainer."
+                    "evaluate) first. With transformers, use salsa_hf.SaLSaTrainer instead of Trainer "
+                    "(for another Trainer class: class MyTrainer(salsa_hf.SaLSaMixin, ThatTrainer))."
                 )
-            (loss, evaluate), self._prepared = self._prepared, None
-            return self._step(loss, evaluate)
+            (loss, evaluate, norm_sq), self._prepared = self._prepared, None
+            clipped_sq = self._gradient_norm_sq() if norm_sq else 0.0
+            slope_scale = math.sqrt(norm_sq / clipped_sq) if norm_sq and clipped_sq > 0 else 1.0
+            return self._step(loss, evaluate, slope_scale)
 
         self.zero_grad(set_to_none=True)
         before = RngState.capture()
@@ -400,231 +301,180 @@ class SaLSa(Optimizer):
             # without grad: restoring makes the promise hold for any closure.
             after.restore()
 
-    def _step(self, loss: Tensor, evaluate: LossClosure) -> Tensor:
+    def _step(self, loss: Tensor, evaluate: LossClosure, slope_scale: float = 1.0) -> Tensor:
+        """One step, in the order of ``docs/algorithm.md``."""
         search = self.search
         search.training_forwards += 1
         search.last_searched, search.last_backtracks = False, 0
         grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
         loss_value = float(loss)
+        # 1. A non-finite loss or gradient: skip, touching nothing (not even new state).
         if not math.isfinite(loss_value) or not F.all_finite(grads):
-            search.skipped_steps += 1  # nothing else is touched, not even new state: the step never happened
+            search.skipped_steps += 1
             return loss
         groups = self._active_groups()
-        scale = self.step_scale  # the cool-down's factor on the step taken (the search tests the undecayed one)
+        search.last_loss = loss_value
         due = self._search_due()
-        search.average_age += 1
-        self._track_loss(loss_value)
-        if self.grow_on == "step":
-            search.step_size *= self._decide_growth()
-
-        found, searched = None, False
-        if due and self.search_direction == "previous" and search.step > 0:
-            # Before this batch's gradient joins the moments: the direction the earlier batches chose,
-            # tested on this batch, whose loss change along it is an unbiased sample of the full loss's.
-            predicted = self._predicted_decrease(groups, "exp_avgs")
-            if predicted > 0.0:  # else this batch says uphill: search on the next step instead
-                found, searched = self._line_search(loss_value, groups, evaluate, "along_momentum", predicted), True
-                if found is not None:
-                    self._move(groups, along_momentum=found)  # back to the current point
-                    found *= scale
+        scale = self.step_scale  # the cool-down's factor on the step taken (the search tests the undecayed one)
+        # 2. This batch's gradient joins the moments.
         search.step += 1
         for group in groups:
             beta1, beta2 = group["betas"]
-            F.update_moments_(
-                group["grads"], group["exp_avgs"], group["exp_avg_sqs"], beta1, beta2, foreach=group["foreach"]
-            )
-
-        moved = False
-        if searched:  # along the earlier direction: the step is Adam's, at the step size found
-            step_size = found
-        elif due and (self.search_direction != "previous" or search.step == 1):
-            step_size, moved = self._search_current(loss_value, groups, evaluate, scale), True
-        else:
-            search.steps_since_search += 1
-            step_size = search.step_size * scale
-        if step_size is not None and not moved:
-            self._move(groups, along_momentum=-step_size)
-        if step_size is not None:
-            for group in groups:
-                F.scale_(group["params"], 1 - step_size * group["weight_decay"], foreach=group["foreach"])
+            F.update_moments_(group["grads"], group["exp_avgs"], group["exp_avg_sqs"], beta1, beta2,
+                              foreach=self.foreach)
+        # 3. A search, when due, along the very step Adam takes; its trials leave the parameters at
+        # ``w - offset * P m_hat``.
+        offset, accepted = 0.0, search.step_size
+        if due:
+            offset, accepted = self._search(loss_value, groups, evaluate, slope_scale)
+        search.steps_since_search = 0 if due else search.steps_since_search + 1
+        # 4. The Adam step at the step size that passed, decayed by the cool-down (none after a failed
+        # search); 5. decoupled weight decay.
+        step_size = 0.0 if accepted is None else accepted * scale
+        self._move(groups, offset - step_size)
+        for group in groups:
+            F.scale_(group["params"], 1 - step_size * group["weight_decay"], foreach=self.foreach)
         self._mirror_step_size()
         return loss
-
-    def _track_loss(self, loss: float) -> None:
-        """Per step: the training loss's average and its step-to-step noise (for ``loss_trend``)."""
-        search = self.search
-        search.loss_avg = LOSS_DECAY * search.loss_avg + (1 - LOSS_DECAY) * loss
-        if search.previous_loss is not None:
-            change = loss - search.previous_loss
-            search.loss_noise_avg = LOSS_DECAY * search.loss_noise_avg + (1 - LOSS_DECAY) * change**2
-        search.previous_loss = loss
-
-    def _decide_growth(self) -> float:
-        """The factor the growth rule puts on the step size now (each step, or before a search);
-        with ``loss_trend`` a move also records the new reference, so call it once per decision.
-
-        Without ``loss_trend``: ``growth``. With it, the training loss's average decides, against
-        its value when the trend last moved the step size: a fall larger than the noise of that
-        difference grows the step size by ``growth``, a rise larger than it shrinks it by
-        ``1 / growth``, and either makes the present average the new reference. Otherwise the
-        step size holds and the evidence accumulates against the same reference, so a slow, steady
-        fall earns its growth in time, while a plateau's ups and downs do not walk it about.
-        """
-        if not self.loss_trend:
-            return self.growth
-        search = self.search
-        samples = search.training_forwards - search.skipped_steps  # this step's loss is in the average
-        smoothed = search.loss_avg / (1 - LOSS_DECAY**samples)
-        reference = search.reference_loss
-        if reference is None:  # nothing to compare with yet
-            search.reference_loss, search.reference_samples = smoothed, samples
-            return self.growth
-        if samples < 3:  # one observed change would be its own noise estimate: a tie decided by rounding
-            return 1.0
-        # Changes of independent noise of variance sigma^2 have variance 2 sigma^2.
-        sigma_sq = search.loss_noise_avg / (1 - LOSS_DECAY ** (samples - 1)) / 2
-        since = min(samples - search.reference_samples, samples - 1)
-        noise = math.sqrt(sigma_sq * _average_change_variance(samples, since))
-        fall = reference - smoothed
-        if abs(fall) <= noise:
-            return 1.0
-        search.reference_loss, search.reference_samples = smoothed, samples
-        return self.growth if fall > 0 else 1 / self.growth
 
     def _search_due(self) -> bool:
         """Whether the coming step searches (``search.step`` counts the steps taken so far)."""
         search = self.search
-        return (
-            not self.adaptive_frequency
-            or search.step < self.warmup_searches
-            or search.steps_since_search + 1 >= search.interval
-        )
+        return search.step < self.warmup_searches or search.steps_since_search + 1 >= search.interval
 
-    def _search_current(self, loss: float, groups: list[dict], evaluate: LossClosure, scale: float) -> float | None:
-        """A search with this batch's moments; leaves the parameters at the step taken, ``scale``
-        times the step size found, and returns that step (or None, at the current point, when the
-        search fails)."""
-        along_update = self.search_direction in ("update", "previous")
-        predicted = self._predicted_decrease(groups, "exp_avgs") if along_update else 0.0
-        if predicted <= 0.0:  # the gradient direction always descends, unless the gradient is zero
-            along_update, predicted = False, self._predicted_decrease(groups, "grads")
-        if predicted <= 0.0:
-            # A zero gradient: there is no direction to search along; take the momentum step.
-            self.search.last_searched, self.search.steps_since_search = True, 0
-            self._move(groups, along_momentum=-self.search.step_size * scale)
-            return self.search.step_size * scale
-        direction = "along_momentum" if along_update else "along_gradient"
-        found = self._line_search(loss, groups, evaluate, direction, predicted)
-        if found is None:
-            return None
-        if along_update or self.search_step == "trial":
-            self._move(groups, **{direction: found * (1 - scale)})  # the accepted trial, scaled down
-        else:
-            # Undo the trial point and take the momentum step instead, in one pass.
-            self._move(groups, along_gradient=found, along_momentum=-found * scale)
-        return found * scale
+    def _search(self, loss: float, groups: list[dict], evaluate: LossClosure,
+                slope_scale: float) -> tuple[float, float | None]:
+        """Move the step size by the smoothed Armijo test along the update ``d = -P m_hat``.
 
-    def _line_search(self, loss: float, groups: list[dict], evaluate: LossClosure, direction: str,
-                     predicted: float) -> float | None:
-        """Backtrack along ``direction`` (a ``_move`` keyword) from the grown step size.
-
-        ``predicted`` is the loss decrease per unit step the direction promises. Returns the
-        accepted step size, with the parameters at that trial point; or None when no trial was
-        accepted, with the parameters back at the current point and the step size unchanged.
+        ``slope_scale`` turns the slope of the (clipped) gradients into the slope of the loss the
+        trials measure. Returns how far along ``d`` the trials left the parameters, and the step
+        size this step takes (None: no step).
         """
         search = self.search
         search.last_searched = True
-        # The averages' weight on the past: per search (the paper), or per step since they last
-        # took a value, so that their memory does not stretch when searches are rare.
-        keep = self.beta3 ** (search.average_age if self.smooth_over == "step" else 1)
-        norm_avg = keep * search.norm_avg + (1 - keep) * predicted
-        step_size = search.step_size * (self._decide_growth() if self.grow_on == "search" else 1.0)
-        search.steps_since_search = 0
-        at = 0.0  # how far along the search direction the parameters are now
-        for trial in range(self.max_backtracks):
-            self._move(groups, **{direction: -(step_size - at)})
-            at = step_size
+        slope = self._slope(groups) * slope_scale
+        if slope == 0.0:
+            self._warn_if_zero_gradient(groups)
+        if not slope > 0.0:  # a zero gradient, or momentum against it: nothing to test; the step is Adam's
+            search.uphill_searches += 1
+            return 0.0, search.step_size
+        if search.searches == 0:
+            return self._find_scale(loss, groups, evaluate, slope)
+        # One trial, one notch above the step size; the Armijo test at it, smoothed, decides.
+        current = search.step_size
+        trial = current * self.growth
+        self._move(groups, -trial)
+        trial_loss = float(evaluate())
+        search.trial_forwards += 1
+        curvature = self._curvature(loss, trial_loss, trial, slope)
+        keep = self.beta3
+        search.slope_avg = keep * search.slope_avg + (1 - keep) * slope
+        search.curvature_avg = keep * search.curvature_avg + (1 - keep) * curvature
+        search.average_weight = keep * search.average_weight + (1 - keep)
+        search.searches += 1
+        boundary = self._boundary(search.slope_avg, search.curvature_avg)  # the weights cancel
+        if boundary >= trial:  # the larger step passes: take it, and keep it
+            search.grown += 1
+            search.step_size = trial
+            return trial, trial
+        search.backtracks += 1
+        search.last_backtracks = 1
+        if boundary >= current:  # the boundary lies between: hold, and search less often
+            search.held += 1
+            search.interval = min(self.max_interval, 2 * search.interval)
+            return trial, current
+        # The step size is past the boundary: one notch down, and search sooner. This step takes no
+        # more than this batch's own boundary (0 when the trial's loss was not finite).
+        search.shrunk += 1
+        search.step_size = current / self.growth
+        search.interval = max(1, search.interval // 2)
+        return trial, min(search.step_size, self._boundary(slope, curvature))
+
+    def _find_scale(self, loss: float, groups: list[dict], evaluate: LossClosure,
+                    slope: float) -> tuple[float, float | None]:
+        """The first search: double (or halve) from ``init_step_size`` until the Armijo test
+        changes its answer, and keep the largest step size that passed."""
+        search = self.search
+        trial, at, accepted, rejected, curvature = search.step_size, 0.0, None, 0, 0.0
+        for _ in range(MAX_TRIALS):
+            self._move(groups, -(trial - at))
+            at = trial
             trial_loss = float(evaluate())
             search.trial_forwards += 1
-            decrease_avg = keep * search.decrease_avg + (1 - keep) * (loss - trial_loss)
-            # An unchanged loss means the step is below the loss's floating-point resolution:
-            # shrinking further cannot show a decrease, so the search stops there (as the authors do).
-            if trial_loss == loss or (
-                math.isfinite(trial_loss)
-                and decrease_avg >= self.c * step_size * norm_avg
-            ):
-                break
-            step_size *= self.delta ** (trial + 1 if self.backtracking == "accelerating" else 1)
-        else:
-            # No trial accepted: back to the current point, no step, and the step size stays what it
-            # was, so one unlucky batch cannot shrink it by delta**max_backtracks.
-            self._move(groups, **{direction: at})
-            search.backtracks += self.max_backtracks
-            search.last_backtracks = self.max_backtracks
+            curvature = self._curvature(loss, trial_loss, trial, slope)
+            if self._boundary(slope, curvature) >= trial:  # the Armijo test, in the quadratic model's words
+                accepted = trial
+                if rejected:
+                    break
+                trial *= SCALE_FACTOR
+            else:
+                rejected += 1
+                if accepted is not None:
+                    break
+                trial /= SCALE_FACTOR
+        search.backtracks += rejected
+        search.last_backtracks = rejected
+        if accepted is None:
             search.failed_searches += 1
-            return None
-
-        search.backtracks += trial
-        search.last_backtracks = trial
-        self._update_interval(step_size, search.average_age, backtracked=trial > 0)
-        search.decrease_avg, search.norm_avg, search.average_age = decrease_avg, norm_avg, 0
-        search.step_size = step_size
-        return step_size
-
-    def _update_interval(self, step_size: float, age: int, backtracked: bool) -> None:
-        """Search less often while the searches have nothing to change.
-
-        ``"agreement"``: the interval doubles after a search that accepted its first trial and
-        halves after one that backtracked. ``"steady"`` (eq. 3.10-3.13): it follows how steady
-        two averages of the accepted step sizes are, bias-corrected (the authors start them near 0
-        uncorrected, which holds the interval at 1 for hundreds of steps) and, with
-        ``smooth_over="step"``, decayed per step, ``age`` being the steps since the last accepted
-        search.
-        """
-        search = self.search
+            return at, None
         search.searches += 1
-        longest = self.max_interval
-        if self.interval_rule == "agreement":
-            search.interval = max(1, search.interval // 2) if backtracked else min(longest, 2 * search.interval)
+        # The averages start from the trial nearest the boundary (the last one).
+        search.slope_avg, search.curvature_avg, search.average_weight = slope, curvature, 1.0
+        search.step_size = accepted
+        return at, accepted
+
+    def _curvature(self, loss: float, trial_loss: float, trial: float, slope: float) -> float:
+        """``q``: the curvature along ``d`` that a quadratic through the loss, its slope and the
+        trial gives, ``f(w + x d) = f(w) - p x + q x^2 / 2`` (inf for a non-finite trial loss, 0
+        for an unchanged one: a step below the loss's floating-point resolution shows none)."""
+        if not math.isfinite(trial_loss):
+            return math.inf
+        if trial_loss == loss:
+            return 0.0
+        return max(0.0, 2 * (slope * trial - (loss - trial_loss)) / trial**2)
+
+    def _boundary(self, slope: float, curvature: float) -> float:
+        """The largest step the Armijo test ``f(w) - f(w + x d) >= c x p`` accepts under that
+        quadratic: ``x = 2 (1 - c) p / q``."""
+        if curvature == math.inf:
+            return 0.0
+        return math.inf if curvature == 0.0 else 2 * (1 - self.c) * slope / curvature
+
+    def _warn_if_zero_gradient(self, groups: list[dict]) -> None:
+        if self._warned_zero_gradient:
             return
-        steps = age if self.smooth_over == "step" else 1
-        fast_keep, slow_keep = FAST_DECAY**steps, SLOW_DECAY**steps
-        search.fast_avg = fast_keep * search.fast_avg + (1 - fast_keep) * step_size
-        search.slow_avg = slow_keep * search.slow_avg + (1 - slow_keep) * step_size
-        search.fast_weight = fast_keep * search.fast_weight + (1 - fast_keep)
-        search.slow_weight = slow_keep * search.slow_weight + (1 - slow_keep)
-        fast, slow = search.fast_avg / search.fast_weight, search.slow_avg / search.slow_weight
-        ratio = max(fast / slow, slow / fast)
-        search.interval = longest if ratio <= 1 else min(longest, max(1, round(1 / (ratio - 1))))
+        grads = [g for group in groups for g in group["grads"]]
+        if F.preconditioned_dot(grads, grads, None, 1.0, 0.0, foreach=self.foreach) == 0.0:
+            self._warned_zero_gradient = True
+            warnings.warn(
+                "SaLSa got an exactly zero gradient: there is nothing to search along, and the model does not "
+                "learn. Typical causes: inputs that tokenized to nothing, labels all masked out (-100), or a "
+                "model whose trainable parameters do not reach the loss.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
 
     # ---- helpers --------------------------------------------------------------------------------
 
-    def _predicted_decrease(self, groups: list[dict], vectors: str) -> float:
-        """``<g, P x>`` summed over the groups, ``x`` the gradients or Adam's bias-corrected ``m``."""
+    def _slope(self, groups: list[dict]) -> float:
+        """``p = <g, P m_hat>``: how fast this batch's loss falls along the update, per unit step."""
         total = 0.0
         for group in groups:
-            dot = F.preconditioned_dot(
-                group["grads"], group[vectors], group["exp_avg_sqs"], self._bias_correction2(group), group["eps"],
-                foreach=group["foreach"],
-            )
-            total += dot / (1 - group["betas"][0] ** self.search.step) if vectors == "exp_avgs" else dot
+            dot = F.preconditioned_dot(group["grads"], group["exp_avgs"], group["exp_avg_sqs"],
+                                       self._bias_correction2(group), group["eps"], foreach=self.foreach)
+            total += dot / (1 - group["betas"][0] ** self.search.step)
         return total
 
     def _bias_correction2(self, group: dict) -> float:
         return 1 - group["betas"][1] ** self.search.step
 
-    def _move(self, groups: list[dict], *, along_gradient: float = 0.0, along_momentum: float = 0.0) -> None:
-        """``params += along_gradient * P g + along_momentum * P m_hat``.
-
-        ``-P g`` is the search direction, ``-P m_hat`` the Adam (or momentum-SGD) update direction.
-        """
+    def _move(self, groups: list[dict], along_update: float) -> None:
+        """``params += along_update * P m_hat``: ``-P m_hat`` is the Adam (or momentum-SGD) update."""
         for group in groups:
             bias_correction1 = 1 - group["betas"][0] ** self.search.step
-            F.add_preconditioned_(
-                group["params"],
-                [(group["grads"], along_gradient), (group["exp_avgs"], along_momentum / bias_correction1)],
-                group["exp_avg_sqs"], self._bias_correction2(group), group["eps"], foreach=group["foreach"],
-            )
+            F.add_preconditioned_(group["params"], [(group["exp_avgs"], along_update / bias_correction1)],
+                                  group["exp_avg_sqs"], self._bias_correction2(group), group["eps"],
+                                  foreach=self.foreach)
 
     def _active_groups(self) -> list[dict]:
         """Per param group: the parameters that have a gradient, their gradients and moments."""
@@ -649,7 +499,6 @@ class SaLSa(Optimizer):
                 "betas": group["betas"],
                 "eps": group["eps"],
                 "weight_decay": group["weight_decay"],
-                "foreach": self.foreach,
             })
         return active
 

@@ -60,8 +60,8 @@ class AuthorsSaLSa(torch.optim.Optimizer):
         self.search = LineSearchState(step_size=self.reference.step_size)
         self._prepared: tuple[Tensor, Callable[[], Tensor]] | None = None
 
-    def prepare_step(self, loss: Tensor, evaluate: Callable[[], Tensor]) -> None:
-        self._prepared = (loss.detach(), evaluate)
+    def prepare_step(self, loss: Tensor, evaluate: Callable[[], Tensor], grad_scale: float = 1.0) -> None:
+        self._prepared = (loss.detach(), evaluate)  # (their search takes the gradient as it finds it)
 
     def step(self, closure=None) -> Tensor:
         if closure is not None or self._prepared is None:
@@ -87,6 +87,7 @@ class AuthorsSaLSa(torch.optim.Optimizer):
         search.interval = max(1, round(float(reference.state["LS_freq"])))
         search.step_size = float(reference.step_size)
         search.last_searched = searched
+        search.last_loss = float(loss)
         for group in self.param_groups:
             group["lr"] = search.step_size
         return loss

@@ -22,6 +22,7 @@ from transformers import Trainer, TrainerCallback
 from .bookkeeping import Bookkeeping
 from .optimizer import SaLSa
 from .peers import PEER_OPTIMIZERS
+from .presets import PRESETS
 from .rng import RngState
 from .training_args import SaLSaArguments
 
@@ -45,6 +46,7 @@ class TracedStep:
     loss: float
     step_size: float  # the step taken (after any cool-down)
     searched: bool
+    found: float  # the step size the line search holds (the cool-down's scale)
 
 
 class StepTrace(TrainerCallback):
@@ -63,9 +65,23 @@ class StepTrace(TrainerCallback):
 
     def on_step_end(self, args, state, control, optimizer=None, **kwargs):
         inner = _unwrap(optimizer)
-        loss = getattr(inner.search, "previous_loss", None) if _is_line_search(inner) else None
+        loss = getattr(inner.search, "last_loss", None) if _is_line_search(inner) else None
         if loss is not None:
-            self.steps.append(TracedStep(state.global_step, loss, inner.param_groups[0]["lr"], inner.search.last_searched))
+            search = inner.search
+            self.steps.append(TracedStep(state.global_step, loss, inner.param_groups[0]["lr"], search.last_searched,
+                                         search.step_size))
+
+
+# What of the Trainer's private API the mixin relies on (tests/test_trainer.py holds each):
+# - ``training_step`` (overridden), ``_prepare_inputs``, ``compute_loss_context_manager``,
+#   ``compute_loss``: the trial replays the micro-batch as the training forward computed it;
+# - ``loss_is_scaled_for_ga``, ``model_accepts_loss_kwargs``, ``compute_loss_func``,
+#   ``current_gradient_accumulation_steps``: the loss scaling copied from ``training_step``;
+# - ``accelerator.sync_gradients`` (the last micro-batch of a step), ``accelerator.scaler``
+#   (the GradScaler's scale), ``accelerator.reduce`` (the mean over processes);
+# - ``_created_lr_scheduler``: set with the scheduler we create, as ``create_scheduler`` does;
+# - ``get_cp_size``/``get_sp_size``, ``is_deepspeed_enabled``, ``is_fsdp_enabled``: refusals;
+# - the model card's ``- optimizer:``, ``- learning_rate:`` and ``- lr_scheduler_*`` lines (regexes).
 
 
 class SaLSaMixin:
@@ -102,6 +118,15 @@ class SaLSaMixin:
                     "flattens each process's shard into a plain tensor, so the line search's inner products "
                     "would cover one shard and every process would take its own step size."
                 )
+            parallel = {"context": self.get_cp_size(), "sequence": self.get_sp_size()}
+            split = {kind: size for kind, size in parallel.items() if size > 1}
+            if split:
+                raise ValueError(
+                    f"SaLSa cannot run with {' and '.join(f'{k} parallelism (size {v})' for k, v in split.items())}: "
+                    "each process holds a slice of every sequence inside a context the Trainer enters for the "
+                    "training forward only, so the line search's trial forwards would see other inputs. Scale out "
+                    "with DDP or FSDP2 instead."
+                )
             if hasattr(self.model, "add_model_tags"):  # every card written from the model (PEFT's too) names SaLSa
                 self.model.add_model_tags(list(MODEL_TAGS))
         return super().train(*args, **kwargs)
@@ -117,7 +142,7 @@ class SaLSaMixin:
     @staticmethod
     def get_optimizer_cls_and_kwargs(args, model=None):
         if isinstance(args, SaLSaArguments) and args.uses_salsa:
-            return SaLSa, args.salsa_kwargs()
+            return PRESETS[args.optim_name][0], args.salsa_kwargs()
         if isinstance(args, SaLSaArguments) and args.optim_name in PEER_OPTIMIZERS:
             return PEER_OPTIMIZERS[args.optim_name](args, model)
         return Trainer.get_optimizer_cls_and_kwargs(args, model)
@@ -156,7 +181,11 @@ class SaLSaMixin:
         if self.accelerator.sync_gradients:  # the last micro-batch: the optimizer steps next
             micro_batches, self._micro_batches = self._micro_batches, []
             step_loss, self._step_loss = self._step_loss, None
-            optimizer.prepare_step(self._mean_over_processes(step_loss), self._trial_closure(model, micro_batches))
+            # Handed over before the Trainer unscales and clips: SaLSa measures what the clipping did.
+            scaler = getattr(self.accelerator, "scaler", None)
+            grad_scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+            optimizer.prepare_step(self._mean_over_processes(step_loss), self._trial_closure(model, micro_batches),
+                                   grad_scale=grad_scale)
         return loss
 
     def _trial_closure(self, model, micro_batches):
@@ -250,14 +279,8 @@ class SaLSaTrainer(SaLSaMixin, Trainer):
 def salsa_model_card(card: str, salsa: SaLSa, name: str, model: torch.nn.Module | None = None) -> str:
     """The Trainer's card with its learning-rate lines replaced by what SaLSa did."""
     search = salsa.search
-    optimizer = (
-        f"- optimizer: SaLSa ({name}: {salsa.preconditioner} preconditioner, c={salsa.c}, beta3={salsa.beta3}, "
-        f"delta={salsa.delta}, growth={salsa.growth} per {salsa.grow_on}, init_step_size={salsa.init_step_size}, "
-        f"smoothing={salsa.smoothing} per {salsa.smooth_over}, adaptive_frequency={salsa.adaptive_frequency} "
-        f"(interval_rule={salsa.interval_rule}, max_interval={salsa.max_interval}), search_direction={salsa.search_direction}, "
-        f"loss_trend={salsa.loss_trend}, cooldown={salsa.cooldown}, "
-        f"betas={tuple(salsa.defaults['betas'])}, eps={salsa.defaults['eps']})"
-    )
+    settings = ", ".join(f"{key}={value}" for key, value in salsa.settings.items())
+    optimizer = f"- optimizer: {type(salsa).__name__} ({name}: {settings})"
     card, replaced = re.subn(r"^- optimizer: .*?(?=^- |\Z)", optimizer + "\n", card, flags=re.M | re.S)
     card = re.sub(r"^- learning_rate: .*$", "- learning_rate: none (SaLSa's line search sets the step size)", card, flags=re.M)
     card = re.sub(r"^- lr_scheduler_(type|warmup_steps): .*\n", "", card, flags=re.M)

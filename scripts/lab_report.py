@@ -21,8 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 from statistics import geometric_mean, mean, stdev
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import tail_mean as final_loss  # noqa: E402  (one definition of the final loss)
+from salsa_hf.examples.summary import tail_mean as final_loss  # one definition of the final loss
 
 DEFAULTS = "adamw_defaults"
 PEERS = ("sf_adamw", "prodigy")
@@ -35,12 +34,23 @@ def extra_forwards(run: dict, skip_fraction: float = 0.0) -> float:
     first = math.floor(skip_fraction * run["steps"])
     if first == 0:
         return run["trial_forwards"] / run["steps"]
-    # Trials of one search = its backtracks + 1; per-search backtracks are not stored, so count the
-    # searches after `first` and spread the run's backtracks evenly over all its searches.
     searches = run["search_steps"]
+    if "search_trials" in run:
+        return sum(t for s, t in zip(searches, run["search_trials"]) if s >= first) / (run["steps"] - first)
+    # Older runs: trials per search were not stored; spread the run's trials evenly over its searches.
     later = [s for s in searches if s >= first]
     per_search = run["trial_forwards"] / max(1, len(searches))
     return len(later) * per_search / (run["steps"] - first)
+
+
+def sensing(run: dict, skip_fraction: float = 0.1) -> float:
+    """The share of the searches after the first ``skip_fraction`` of the run that met a rejected
+    trial: a search that only ever accepts does not sense the step size (nan: not recorded)."""
+    if "search_rejections" not in run:
+        return math.nan
+    first = math.floor(skip_fraction * run["steps"])
+    late = [r for s, r in zip(run["search_steps"], run["search_rejections"]) if s >= first]
+    return sum(r > 0 for r in late) / len(late) if late else 0.0
 
 
 def is_baseline(name: str) -> bool:
@@ -68,6 +78,7 @@ def summarize(cells) -> tuple[dict, dict]:
             "accuracy": mean(r["validation_accuracy"] for r in runs.values()),
             "extra": mean(extra_forwards(r) for r in runs.values()),
             "extra_late": mean(extra_forwards(r, 0.1) for r in runs.values()),
+            "sensing": min(sensing(r) for r in runs.values()),
             "seconds": mean(r["seconds"] for r in runs.values()),
         }
     best = {}
@@ -95,7 +106,7 @@ def write_report(runs_dir: Path, *more_dirs: Path) -> str:
     workloads = sorted({w for w, _ in rows})
     optimizers = sorted({o for _, o in rows}, key=lambda o: (is_baseline(o), o))
     lines = ["| workload | optimizer | seeds | final loss | / best AdamW | / AdamW defaults | accuracy "
-             "| extra fwd/step | after 10% | seconds |", "|" + "---|" * 10]
+             "| extra fwd/step | after 10% | searches rejecting after 10% | seconds |", "|" + "---|" * 11]
     ratios = defaultdict(dict)
     for workload in workloads:
         for optimizer in optimizers:
@@ -111,7 +122,7 @@ def write_report(runs_dir: Path, *more_dirs: Path) -> str:
             lines.append(
                 f"| {workload} | {optimizer}{marker} | {len(row['seeds'])} | {row['loss']:.4g}{spread} | {to_best:.3f} "
                 f"| {to_defaults:.3f} | {row['accuracy']:.4f} | {row['extra']:.3f} | {row['extra_late']:.3f} "
-                f"| {row['seconds']:.0f} |"
+                f"| {'' if math.isnan(row['sensing']) else format(row['sensing'], '.0%')} | {row['seconds']:.0f} |"
             )
     lines += ["", "Over the workloads (geometric mean of the paired ratios; worst workload in brackets; "
               "mean accuracy minus AdamW-defaults'):", "",
@@ -130,9 +141,26 @@ def write_report(runs_dir: Path, *more_dirs: Path) -> str:
             f"| {per[worst][0]:.3f} ({worst}) | {geometric_mean(to_defaults) if to_defaults else math.nan:.3f} "
             f"| {accuracy_gap:+.4f} |"
         )
+    lines += start_invariance(rows)
     table = "\n".join(lines) + "\n"
     (runs_dir / "table.md").write_text(table)
     return table
+
+
+def start_invariance(rows) -> list[str]:
+    """SaLSa from other first step sizes (optimizers named ``start_<init_step_size>``): final loss
+    over the default start's, seed by seed: the test that there is no learning rate to choose."""
+    starts = sorted({o for _, o in rows if o.startswith("start_")}, key=lambda o: float(o.removeprefix("start_")))
+    if not starts:
+        return []
+    lines = ["", "From other first step sizes (final loss over the default start's, same seeds):", "",
+             "| workload | " + " | ".join(f"init {o.removeprefix('start_')}" for o in starts) + " |",
+             "|---|" + "---|" * len(starts)]
+    for workload in sorted({w for w, o in rows if o in starts}):
+        cells = [f"{paired_ratio(rows, workload, o, 'salsa'):.3f}" if (workload, o) in rows and (workload, "salsa") in rows
+                 else "" for o in starts]
+        lines.append(f"| {workload} | " + " | ".join(cells) + " |")
+    return lines
 
 
 if __name__ == "__main__":

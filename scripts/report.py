@@ -27,7 +27,8 @@ from statistics import mean
 import numpy as np
 from scipy.stats import rankdata
 
-FINAL_FRACTION = 0.05
+from salsa_hf.examples.summary import final_loss  # one definition of the final training loss
+
 TASK_LABELS = {"mnli": "MNLI", "qnli": "QNLI", "mrpc": "MRPC", "sst2": "SST2", "gpt2": "GPT-2"}
 # The talk's six columns first, then the peers.
 OPTIMIZER_LABELS = {
@@ -44,19 +45,6 @@ STEP_FORWARDS = 3  # a training step (forward + backward) in forward-pass equiva
 
 def load_runs(runs_dir: Path) -> list[dict]:
     return [json.loads(path.read_text()) for path in sorted((runs_dir / "results").glob("*.json"))]
-
-
-def tail_mean(losses: list[float], fraction: float = FINAL_FRACTION) -> float:
-    """The talk's final training loss: the mean of the last ``fraction`` of the losses (at least the last one)."""
-    if not losses:
-        raise ValueError("the run logged no training loss")
-    count = max(1, math.ceil(fraction * len(losses)))
-    return mean(losses[-count:])
-
-
-def final_loss(log_history: list[dict], fraction: float = FINAL_FRACTION) -> float:
-    """``tail_mean`` of the training losses in a Trainer's log history."""
-    return tail_mean([entry["loss"] for entry in log_history if "loss" in entry], fraction)
 
 
 def summarize(runs: list[dict]) -> dict[tuple[str, str], dict]:

@@ -26,8 +26,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-import report  # noqa: E402  (scripts/report.py: the table and the plots)
+import report  # scripts/report.py (beside this one): the table and the plots
 
 TASKS = ("mnli", "qnli", "mrpc", "sst2", "gpt2")
 WARMUP_FRACTION = 0.1  # ADAM and SGD of the talk: 10% linear warm-up, then cosine decay to 0

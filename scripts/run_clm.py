@@ -26,7 +26,7 @@ from transformers import (
 )
 
 from salsa_hf import SaLSaTrainer, SaLSaTrainingArguments
-from salsa_hf.cli import (
+from salsa_hf.examples.arguments import (
     ModelArguments,
     UsageError,
     apply_lora,
@@ -35,8 +35,8 @@ from salsa_hf.cli import (
     run_or_exit,
     train_and_save,
 )
-from salsa_hf.local_models import load_tokenizer, resolve_model_path
-from salsa_hf.summary import write_summary
+from salsa_hf.examples.models import load_tokenizer, resolve_model_path
+from salsa_hf.examples.summary import write_summary
 
 logger = logging.getLogger(__name__)
 

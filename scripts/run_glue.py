@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import evaluate
 import numpy as np
 from datasets import ClassLabel, DatasetDict, load_dataset
 from transformers import (
@@ -27,7 +28,7 @@ from transformers import (
 )
 
 from salsa_hf import SaLSaTrainer, SaLSaTrainingArguments
-from salsa_hf.cli import (
+from salsa_hf.examples.arguments import (
     ModelArguments,
     UsageError,
     apply_lora,
@@ -36,9 +37,9 @@ from salsa_hf.cli import (
     run_or_exit,
     train_and_save,
 )
-from salsa_hf.glue import GLUE_TASKS, MAIN_METRIC, glue_metrics, trivial_baseline
-from salsa_hf.local_models import load_tokenizer, resolve_model_path
-from salsa_hf.summary import write_summary
+from salsa_hf.examples.glue import GLUE_TASKS, MAIN_METRIC, METRIC_MODULE, trivial_baseline
+from salsa_hf.examples.models import load_tokenizer, resolve_model_path
+from salsa_hf.examples.summary import write_summary
 
 logger = logging.getLogger(__name__)
 
@@ -220,10 +221,13 @@ def main() -> None:
     metric_kind = GLUE_TASKS[data_args.task_name].metric if data_args.task_name else (
         "correlation" if is_regression else "accuracy")
 
+    # As transformers' run_glue does, through evaluate; the module is a local file, so it loads offline.
+    metric = evaluate.load(METRIC_MODULE, metric_kind)
+
     def compute_metrics(prediction):
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
         predicted = np.squeeze(logits) if is_regression else np.argmax(logits, axis=1)
-        return glue_metrics(metric_kind, predicted, prediction.label_ids)
+        return metric.compute(predictions=predicted, references=prediction.label_ids)
 
     trainer = SaLSaTrainer(
         model=model,

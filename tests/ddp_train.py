@@ -10,7 +10,7 @@ from datasets import load_dataset
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, DataCollatorWithPadding
 
 from salsa_hf import SaLSaTrainer, SaLSaTrainingArguments
-from salsa_hf.local_models import resolve_model_path
+from salsa_hf.examples.models import resolve_model_path
 
 
 class RecordingTrainer(SaLSaTrainer):

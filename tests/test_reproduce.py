@@ -84,7 +84,7 @@ def test_every_cell_of_the_grid_is_a_valid_run_command(suite):
     from transformers import HfArgumentParser
 
     from salsa_hf import SaLSaTrainingArguments
-    from salsa_hf.cli import parse_config_and_flags
+    from salsa_hf.examples.arguments import parse_config_and_flags
 
     run_glue, run_clm = load_script("run_glue"), load_script("run_clm")
     arguments = {"run_glue.py": (run_glue.ModelArguments, run_glue.DataTrainingArguments),

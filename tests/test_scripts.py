@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from transformers import HfArgumentParser
 
-from salsa_hf.cli import parse_config_and_flags, run_or_exit
+from salsa_hf.examples.arguments import parse_config_and_flags, run_or_exit
 
 from .conftest import REPO, tiny_bert
 
@@ -224,6 +224,9 @@ def test_bad_input_stops_before_training(tmp_path, capsys, mrpc_rows, bert_token
     err = fail_before_training(capsys, tmp_path, "run_glue", *model, "--task_name", "mrpc", "--train_file", out_of_range, *out)
     assert "labels [7] outside the allowed labels 0..1" in err
 
+    err = fail_before_training(capsys, tmp_path, "run_glue", *model, "--task_name", "mrpc", "--salsa_c", "1.5", *out)
+    assert err.strip().splitlines() == ["run_glue.py: error: --salsa_c must be a number in (0, 1), got 1.5"]
+
     err = fail_before_training(capsys, tmp_path, "run_glue", *model, "--task_name", "mrpc", "--optim", "adamw_salsa", *out)
     assert "invalid choice: 'adamw_salsa'" in err and "salsa_sgd" in err
 
@@ -240,7 +243,7 @@ def test_bad_input_stops_before_training(tmp_path, capsys, mrpc_rows, bert_token
     unknown_optim = tmp_path / "optim.json"
     unknown_optim.write_text(json.dumps({"task_name": "mrpc", "optim": "salsa2", "model_name_or_path": "x"}))
     err = fail_before_training(capsys, tmp_path, "run_glue", str(unknown_optim), *out)
-    assert "optim 'salsa2' is not known; choose one of: salsa, salsa_sgd, sls, sls_sgd, prodigy, salsa_authors, adamw_torch" in err
+    assert "optim 'salsa2' is not known; choose one of: salsa, salsa_paper, salsa_sgd, sls, sls_sgd, prodigy, salsa_authors, adamw_torch" in err
 
 
 def test_run_clm_bad_input(tmp_path, capsys, shared_data, monkeypatch):

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from salsa_hf.glue import trivial_baseline
-from salsa_hf.summary import plot_steps, write_summary
+from salsa_hf.examples.glue import trivial_baseline
+from salsa_hf.examples.summary import plot_steps, write_summary
 from salsa_hf.trainer import TracedStep
 
 from .test_trainer import make_trainer
@@ -25,8 +25,11 @@ def test_the_trace_has_every_step_as_the_trainer_logged_it(tmp_path, make_bert, 
     assert [s.step for s in steps] == list(range(1, 9)) == [entry["step"] for entry in logs]
     # The Trainer logs each step's loss (rounded) and, after the step, the next step's size.
     assert [s.loss for s in steps] == pytest.approx([entry["loss"] for entry in logs], abs=1e-4)
-    assert sum(s.searched for s in steps) == trainer.salsa.search.searches + trainer.salsa.search.failed_searches
+    search = trainer.salsa.search
+    assert sum(s.searched for s in steps) == search.searches + search.failed_searches + search.uphill_searches
     assert all(s.step_size > 0 for s in steps[:-1])
+    # The step size found is the cool-down's scale: the step taken never exceeds it.
+    assert steps[-1].found == search.step_size and all(s.step_size <= s.found for s in steps)
 
 
 def test_an_adamw_run_has_no_trace(tmp_path, make_bert, mrpc_train, bert_tokenizer):
@@ -62,7 +65,7 @@ def fake_run(tmp_path, steps):
     )
 
 
-TRACE = [TracedStep(k, 1 / k, 1e-4 * (1 + k % 3), k % 4 == 1) for k in range(1, 41)]
+TRACE = [TracedStep(k, 1 / k, 1e-4 * (1 + k % 3), k % 4 == 1, 3e-4) for k in range(1, 41)]
 
 
 def test_summary_is_printed_and_saved_with_the_plot(tmp_path, capsys):
@@ -84,3 +87,20 @@ def test_without_matplotlib_the_run_still_succeeds_and_says_how_to_get_the_plot(
     write_summary("run", {}, fake_run(tmp_path, TRACE))
     assert (tmp_path / "out" / "summary.json").is_file() and not (tmp_path / "out" / "salsa_steps.png").exists()
     assert "pip install matplotlib" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind, predictions, references, expected", [
+    ("accuracy", [0, 1, 1, 0], [0, 1, 0, 0], {"accuracy": 0.75}),
+    ("accuracy_f1", [0, 1, 1, 0], [0, 1, 0, 0], {"accuracy": 0.75, "f1": 2 / 3}),
+    ("matthews", [0, 1, 1, 0], [0, 1, 1, 0], {"matthews_correlation": 1.0}),
+    ("correlation", [0.1, 0.5, 0.9], [0.0, 0.5, 1.0], {"pearson": 1.0, "spearmanr": 1.0}),
+])
+def test_the_glue_metric_loads_offline_through_evaluate(kind, predictions, references, expected):
+    import evaluate
+
+    from salsa_hf.examples.glue import METRIC_MODULE
+
+    scores = evaluate.load(METRIC_MODULE, kind).compute(predictions=predictions, references=references)
+    assert scores == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(KeyError, match="must be one of accuracy, accuracy_f1, matthews, correlation"):
+        evaluate.load(METRIC_MODULE, "bleu")

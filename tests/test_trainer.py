@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -14,11 +15,11 @@ import pytest
 import torch
 from transformers import DataCollatorWithPadding, HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 
-from salsa_hf import SaLSa, SaLSaArguments, SaLSaMixin, SaLSaTrainer, SaLSaTrainingArguments
+from salsa_hf import SaLSa, SaLSaArguments, SaLSaMixin, SaLSaPaper, SaLSaTrainer, SaLSaTrainingArguments
 
 from .conftest import REPO
 
-SALSA_NAMES = ["salsa", "salsa_sgd", "sls", "sls_sgd"]
+SALSA_NAMES = ["salsa", "salsa_paper", "salsa_sgd", "sls", "sls_sgd"]
 
 
 def make_trainer(tmp_path, model, train, tokenizer, trainer_cls=SaLSaTrainer, optimizers=(None, None),
@@ -68,9 +69,10 @@ def test_every_optim_name_trains_and_logs(tmp_path, make_bert, mrpc_train, bert_
                 "skipped_steps", "failed_searches"):
         assert f"salsa/{key}" in last
     assert last["salsa/step_size"] == salsa.search.step_size
-    # learning_rate is the step the next step takes: the step size times the cool-down's factor
-    # (the Trainer told SaLSa the run's length; at the end of the run that factor is 0).
-    assert salsa.total_steps == 8
+    # learning_rate is the step the next step takes: the step size times the decay's factor (the
+    # Trainer told SaLSa the run's length; at the end of the run that factor is 0). The paper's
+    # algorithm has no schedule.
+    assert salsa.total_steps == (None if isinstance(salsa, SaLSaPaper) else 8)
     assert last["learning_rate"] == salsa.param_groups[0]["lr"] == salsa.effective_step_size
     assert salsa.effective_step_size == salsa.search.step_size * salsa.step_scale
     assert last["salsa/searches"] == salsa.search.searches >= 4
@@ -103,13 +105,13 @@ def test_trial_closure_reproduces_the_trainers_loss_exactly(tmp_path, make_bert,
     salsa = trainer.salsa
     original = salsa.prepare_step
 
-    def checking_prepare(loss, evaluate):
+    def checking_prepare(loss, evaluate, **kwargs):
         before = torch.get_rng_state()
         with torch.no_grad():
             replay = evaluate()
         assert torch.equal(torch.get_rng_state(), before)  # the replay leaves the streams alone
         checked.append((loss.item(), replay.item()))
-        original(loss, evaluate)
+        original(loss, evaluate, **kwargs)
 
     salsa.prepare_step = checking_prepare
     trainer.train()
@@ -145,10 +147,10 @@ def test_the_mixin_gives_any_trainer_subclass_the_line_search(tmp_path, make_ber
     assert trainer.salsa.c == 0.4
     checked, original = [], trainer.salsa.prepare_step
 
-    def checking_prepare(loss, evaluate):
+    def checking_prepare(loss, evaluate, **kwargs):
         with torch.no_grad():
             checked.append((loss.item(), evaluate().item()))  # the replay: the subclass's own loss
-        original(loss, evaluate)
+        original(loss, evaluate, **kwargs)
 
     trainer.salsa.prepare_step = checking_prepare
     trainer.train()
@@ -168,6 +170,30 @@ def test_deepspeed_is_refused_before_any_step_naming_ddp_and_fsdp(tmp_path, make
     assert not list((tmp_path / "out").rglob("*"))  # nothing written (the Trainer makes the folder itself)
     adamw = make_trainer(tmp_path, make_bert(), mrpc_train, bert_tokenizer, optim="adamw_torch")
     assert not adamw._uses_line_search()  # other optimizers are the Trainer's business
+
+
+@pytest.mark.parametrize("kind", ["cp", "sp"])
+def test_context_and_sequence_parallelism_are_refused_before_any_step(tmp_path, make_bert, mrpc_train,
+                                                                       bert_tokenizer, monkeypatch, kind):
+    # (they need accelerators and a ParallelismConfig: the Trainer's own size getters stand for them.)
+    trainer = make_trainer(tmp_path, make_bert(), mrpc_train, bert_tokenizer)
+    monkeypatch.setattr(trainer, f"get_{kind}_size", lambda: 2)
+    with pytest.raises(ValueError, match=r"SaLSa cannot run with (context|sequence) parallelism \(size 2\)"):
+        trainer.train()
+    assert trainer.state.global_step == 0 and not list((tmp_path / "out").rglob("*"))
+
+
+def test_the_trainer_internals_the_mixin_relies_on_are_there(tmp_path, make_bert, mrpc_train, bert_tokenizer):
+    """The private Trainer API listed above ``SaLSaMixin`` (a renamed one fails here, not in a run)."""
+    trainer = make_trainer(tmp_path, make_bert(), mrpc_train, bert_tokenizer)
+    for name in ("_prepare_inputs", "compute_loss_context_manager", "compute_loss", "loss_is_scaled_for_ga",
+                 "model_accepts_loss_kwargs", "compute_loss_func", "get_cp_size", "get_sp_size",
+                 "is_deepspeed_enabled", "is_fsdp_enabled", "_created_lr_scheduler"):
+        assert hasattr(trainer, name), name
+    for name in ("sync_gradients", "reduce", "scaler"):
+        assert hasattr(trainer.accelerator, name), name
+    trainer.train()
+    assert trainer._created_lr_scheduler and hasattr(trainer, "current_gradient_accumulation_steps")
 
 
 def test_fsdp1_is_refused_before_any_step(tmp_path, make_bert, mrpc_train, bert_tokenizer, monkeypatch):
@@ -283,12 +309,12 @@ def test_trials_leave_batchnorm_statistics_as_training_left_them(tmp_path):
     salsa, original, checked = trainer.salsa, trainer.salsa.prepare_step, []
     batchnorm = model.body[1]
 
-    def checking_prepare(loss, evaluate):
+    def checking_prepare(loss, evaluate, **kwargs):
         before = {n: b.clone() for n, b in batchnorm.named_buffers()}
         with torch.no_grad():
             evaluate()
         checked.append(all(torch.equal(b, before[n]) for n, b in batchnorm.named_buffers()))
-        original(loss, evaluate)
+        original(loss, evaluate, **kwargs)
 
     salsa.prepare_step = checking_prepare
     trainer.train()
@@ -302,15 +328,53 @@ def test_bf16_autocast_on_cpu(tmp_path, make_bert, mrpc_train, bert_tokenizer):
     trainer.create_optimizer()
     original = trainer.salsa.prepare_step
 
-    def checking_prepare(loss, evaluate):
+    def checking_prepare(loss, evaluate, **kwargs):
         with torch.no_grad():
             checked.append(loss.item() == evaluate().item())
-        original(loss, evaluate)
+        original(loss, evaluate, **kwargs)
 
     trainer.salsa.prepare_step = checking_prepare
     trainer.train()
     assert checked == [True] * 8  # the trials run under the same bf16 autocast as training
     assert trainer.salsa.search.step == 8
+
+
+def test_a_gradient_scaler_overflow_skips_the_step_and_leaves_salsa_untouched():
+    """torch's GradScaler on the CPU, as the Trainer drives it under fp16: the scaled gradients are
+    handed over with their scale, unscaled and clipped, then ``scaler.step`` calls SaLSa only when
+    they are finite. A forced overflow skips the step: parameters, moments and the search's state
+    stay as they were and the scale halves; the steps around it are taken."""
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 8), torch.randint(0, 2, (64,))
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    salsa = SaLSa(model.parameters())
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    loss_of = lambda: torch.nn.functional.cross_entropy(model(x), y)  # noqa: E731
+
+    def one_step(overflow: bool):
+        salsa.zero_grad()
+        loss = loss_of()
+        scaler.scale(loss).backward()
+        if overflow:
+            model[0].weight.grad[0, 0] = float("inf")
+        salsa.prepare_step(loss.detach(), loss_of, grad_scale=scaler.get_scale())
+        scaler.unscale_(salsa)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(salsa)
+        scaler.update()
+
+    for _ in range(3):
+        one_step(overflow=False)
+    before = (copy.deepcopy(model.state_dict()), copy.deepcopy(salsa.state_dict()), scaler.get_scale())
+    one_step(overflow=True)
+    assert scaler.get_scale() == before[2] / 2
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[0][key])
+    assert salsa.state_dict()["line_search"] == before[1]["line_search"]
+    for index, state in salsa.state_dict()["state"].items():
+        assert all(torch.equal(v, before[1]["state"][index][k]) for k, v in state.items())
+    one_step(overflow=False)
+    assert salsa.search.step == 4 and salsa.search.skipped_steps == 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 with a gradient scaler needs CUDA")
@@ -343,7 +407,7 @@ def test_model_card_names_salsa(tmp_path, make_bert, mrpc_train, bert_tokenizer)
     header = card.split("---")[1]
     assert "- salsa" in header and "- line-search" in header
     salsa = trainer.salsa
-    assert f"- optimizer: SaLSa (salsa: adam preconditioner, c={salsa.c}, beta3={salsa.beta3}" in card
+    assert f"- optimizer: SaLSa (salsa: preconditioner=adam, c={salsa.c}, beta3={salsa.beta3}" in card
     assert "learning_rate: none" in card and "lr_scheduler_type" not in card
     search = trainer.salsa.search
     assert f"- final step size: {search.step_size:.4g}" in card
@@ -378,16 +442,16 @@ def test_optim_from_command_line_and_json(tmp_path, capsys):
     assert args.optim == "salsa_sgd" and args.salsa_kwargs()["c"] == 0.5
     assert args.salsa_kwargs()["preconditioner"] == "sgd"
     (args,) = parser.parse_args_into_dataclasses(
-        ["--output_dir", str(tmp_path), "--optim", "salsa", "--salsa_adaptive_frequency", "false", "--use_cpu", "true"]
+        ["--output_dir", str(tmp_path), "--optim", "salsa", "--salsa_max_interval", "4", "--use_cpu", "true"]
     )
     built = SaLSa([torch.nn.Parameter(torch.ones(2))], **args.salsa_kwargs())
-    assert (built.adaptive_frequency, built.smoothing) == (False, True)
+    assert built.max_interval == 4
 
     config = tmp_path / "args.json"
     config.write_text(json.dumps({"output_dir": str(tmp_path), "optim": "sls", "adam_beta1": 0.8, "use_cpu": True}))
     (args,) = parser.parse_json_file(str(config))
     kwargs = args.salsa_kwargs()
-    assert (kwargs["c"], kwargs["smoothing"], kwargs["betas"]) == (0.1, False, (0.8, 0.999))
+    assert (kwargs["c"], kwargs["beta3"], kwargs["max_interval"], kwargs["betas"]) == (0.1, 0.0, 1, (0.8, 0.999))
 
     with pytest.raises(SystemExit):
         parser.parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--optim", "salsaa"])
@@ -395,6 +459,22 @@ def test_optim_from_command_line_and_json(tmp_path, capsys):
     config.write_text(json.dumps({"output_dir": str(tmp_path), "optim": "salsaa"}))
     with pytest.raises(ValueError, match="'salsaa' is not known"):
         parser.parse_json_file(str(config))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--salsa_c", "1.5"], "--salsa_c must be a number in (0, 1), got 1.5"),
+    (["--salsa_growth", "1"], "--salsa_growth must be a number > 1, got 1.0"),
+    (["--salsa_max_interval", "0"], "--salsa_max_interval must be an integer >= 1, got 0"),
+    (["--adam_beta1", "1.2"], "--adam_beta1 must be a number in [0, 1), got 1.2"),
+    (["--optim", "sls", "--salsa_cooldown", "0.5"], "--salsa_cooldown is not a setting of optim 'sls'"),
+    (["--optim", "salsa", "--salsa_delta", "0.5"], "--salsa_delta is not a setting of optim 'salsa'"),
+    (["--optim", "adamw_torch", "--salsa_c", "0.5"], "optim 'adamw_torch' is not a SaLSa optimizer"),
+])
+def test_every_salsa_value_is_checked_when_the_arguments_are_made(tmp_path, flags, message):
+    parser = HfArgumentParser(SaLSaTrainingArguments)
+    with pytest.raises(ValueError) as err:
+        parser.parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--use_cpu", "true", *flags])
+    assert message in str(err.value)
 
 
 def test_schedule_settings_warn_that_salsa_ignores_them(tmp_path):
@@ -407,9 +487,9 @@ def test_schedule_settings_warn_that_salsa_ignores_them(tmp_path):
 
 
 def test_bad_salsa_settings_fail_naming_the_value(tmp_path, make_bert, mrpc_train, bert_tokenizer):
-    trainer = make_trainer(tmp_path, make_bert(), mrpc_train, bert_tokenizer, salsa_c=1.5)
-    with pytest.raises(ValueError, match=r"c must be in \(0, 1\), got 1.5"):
-        trainer.train()
+    # Refused when the arguments are made, before a model or a Trainer exists.
+    with pytest.raises(ValueError, match=r"--salsa_c must be a number in \(0, 1\), got 1.5"):
+        make_trainer(tmp_path, make_bert(), mrpc_train, bert_tokenizer, salsa_c=1.5)
 
 
 def test_two_processes_keep_identical_replicas(tmp_path, shared_data):

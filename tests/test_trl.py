@@ -12,7 +12,7 @@ peft = pytest.importorskip("peft", reason="missing from this machine: peft (pip 
 from datasets import Dataset  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
-from salsa_hf.local_models import load_tokenizer  # noqa: E402
+from salsa_hf.examples.models import load_tokenizer  # noqa: E402
 from salsa_hf.sft import SaLSaSFTConfig, SaLSaSFTTrainer  # noqa: E402
 
 from .test_trainer import assert_same_params  # noqa: E402
@@ -96,10 +96,10 @@ def test_sft_trial_replays_equal_the_trainers_own_loss(tmp_path, gpt2_tokenizer,
     salsa = trainer.salsa
     original, checked = salsa.prepare_step, []
 
-    def checking_prepare(loss, evaluate):
+    def checking_prepare(loss, evaluate, **kwargs):
         with torch.no_grad():
             checked.append((loss.item(), evaluate().item()))
-        original(loss, evaluate)
+        original(loss, evaluate, **kwargs)
 
     salsa.prepare_step = checking_prepare
     trainer.train()
@@ -134,7 +134,7 @@ def test_lora_trains_only_the_adapter_and_resumes_bit_identically(tmp_path, gpt2
     header = card.split("---")[1]
     assert "library_name: peft" in header and "- lora" in header
     assert "- salsa" in header and "- line-search" in header
-    assert "- optimizer: SaLSa (salsa: adam preconditioner" in card
+    assert "- optimizer: SaLSa (salsa: preconditioner=adam" in card
     assert f"- parameters trained: {sum(p.numel() for p in adapter):,} of" in card
     assert "PEFT adapter 'default': LORA (r=4, lora_alpha=8, lora_dropout=0.1, target modules ['c_attn'])" in card
 
@@ -146,7 +146,7 @@ def test_sft_config_takes_salsa_on_trls_command_line():
     )
     assert config.optim == "salsa" and config.uses_salsa
     assert config.salsa_kwargs()["c"] == 0.6
-    with pytest.raises(ValueError, match="optim 'salsaa' is not known; choose one of: salsa, salsa_sgd"):
+    with pytest.raises(ValueError, match="optim 'salsaa' is not known; choose one of: salsa, salsa_paper, salsa_sgd"):
         SaLSaSFTConfig(output_dir="out", optim="salsaa", use_cpu=True)
 
 
@@ -156,3 +156,41 @@ def test_a_model_with_nothing_to_train_fails_before_any_step(tmp_path, gpt2_toke
     with pytest.raises(ValueError, match="SaLSa got no trainable parameters"):
         trainer.train()
     assert trainer.state.global_step == 0 and not (tmp_path / "out" / "checkpoint-1").exists()
+
+
+def test_run_sft_trains_the_offline_preset_with_salsa(tmp_path, shared_data, monkeypatch):
+    """scripts/run_sft.py, TRL's script conventions: the YAML preset (a GPT-2 from a config on Tiny
+    Shakespeare), shortened, flags overriding it; SaLSa runs and the summary is written."""
+    import json
+
+    from .test_scripts import load_script
+
+    from .conftest import REPO
+
+    monkeypatch.chdir(REPO)
+    module = load_script("run_sft")
+    out = tmp_path / "sft"
+    module.main(["--config", "glue_configs/offline/sft.yaml", "--max_steps", "6", "--max_length", "32",
+                 "--output_dir", str(out), "--salsa_max_interval", "4"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["line searches"] >= 6 and summary["training samples"] > 1000
+    assert (out / "model.safetensors").exists() and (out / "salsa_steps.png").exists()
+
+
+def test_run_sft_refuses_bad_input_in_one_line(tmp_path, shared_data, capsys, monkeypatch):
+    from salsa_hf.examples.arguments import run_or_exit
+
+    from .conftest import REPO
+    from .test_scripts import load_script
+
+    monkeypatch.chdir(REPO)
+    module = load_script("run_sft")
+    for argv, message in [
+        (["--config", "glue_configs/offline/sft.yaml", "--salsa_c", "2"], "--salsa_c must be a number in (0, 1), got 2.0"),
+        (["--config", "glue_configs/offline/sft.yaml", "--train_file", "nowhere.txt"], "--train_file 'nowhere.txt' does not exist"),
+        (["--output_dir", str(tmp_path), "--model_type", "gpt2", "--tokenizer_name", "x"], "give one of --dataset_name"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            run_or_exit(lambda: module.main([*argv, "--output_dir", str(tmp_path / "out")]))
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err

@@ -4,26 +4,39 @@ the picture of SaLSa's steps (``salsa_steps.png``, drawn with matplotlib if it i
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from statistics import mean
 
-from .trainer import TracedStep
+from ..trainer import TracedStep
 
 LOSS_SMOOTHING = 0.9  # the EMA drawn over the noisy per-step losses
 
 
-def final_training_loss(log_history: list[dict]) -> float | None:
-    """The last logged training loss (the Trainer logs it every ``logging_steps``)."""
-    losses = [entry["loss"] for entry in log_history if "loss" in entry]
-    return losses[-1] if losses else None
+# The talk's final training loss: the mean of the last 5% of the training losses.
+FINAL_FRACTION = 0.05
+
+
+def tail_mean(losses: list[float], fraction: float = FINAL_FRACTION) -> float:
+    """The final training loss of a list of per-step (or per-log) losses: the mean of the last
+    ``fraction`` of them, at least the last one."""
+    if not losses:
+        raise ValueError("the run logged no training loss")
+    count = max(1, math.ceil(fraction * len(losses)))
+    return mean(losses[-count:])
+
+
+def final_loss(log_history: list[dict], fraction: float = FINAL_FRACTION) -> float:
+    """``tail_mean`` of the training losses in a Trainer's log history."""
+    return tail_mean([entry["loss"] for entry in log_history if "loss" in entry], fraction)
 
 
 def write_summary(title: str, figures: dict[str, float | str], trainer) -> dict:
     """Print the run's figures and what SaLSa did; save them as OUTPUT_DIR/summary.json, and the
     step plot beside it for a SaLSa run. Returns the summary."""
     summary: dict[str, object] = {"run": title, **figures}
-    loss = final_training_loss(trainer.state.log_history)
-    if loss is not None:
-        summary["final training loss"] = loss
+    if any("loss" in entry for entry in trainer.state.log_history):
+        summary["final training loss"] = final_loss(trainer.state.log_history)
     optimizer = getattr(trainer, "line_search", None)
     output_dir = Path(trainer.args.output_dir)
     notes = []
@@ -52,7 +65,8 @@ def write_summary(title: str, figures: dict[str, float | str], trainer) -> dict:
 
 
 def plot_steps(steps: list[TracedStep], path: Path, title: str = "") -> Path | None:
-    """Training loss (per step, and smoothed) and the step size taken, searches marked; a PNG at
+    """Training loss (per step, and smoothed), the step size found and the one taken (the found one
+    under the cool-down), searches marked; a PNG at
     ``path``. Returns None, drawing nothing, when matplotlib is not installed."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -73,6 +87,7 @@ def plot_steps(steps: list[TracedStep], path: Path, title: str = "") -> Path | N
     loss_ax.set_ylabel("training loss")
     loss_ax.legend(loc="upper right", fontsize=8)
     loss_ax.set_title(title, fontsize=10)
+    size_ax.plot(x, [s.found for s in steps], color="tab:green", lw=1.2, ls="--", label="step size found")
     size_ax.plot(x, [s.step_size for s in steps], color="black", lw=1.2, label="step size taken")
     searched = [s for s in steps if s.searched]
     size_ax.scatter([s.step for s in searched], [s.step_size for s in searched], s=9, color="tab:orange",

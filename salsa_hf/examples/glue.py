@@ -7,6 +7,7 @@ scikit-learn and scipy so they work offline.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
@@ -36,6 +37,10 @@ GLUE_TASKS = {
     "stsb": GlueTask(("sentence1", "sentence2"), 1, "correlation"),
     "wnli": GlueTask(("sentence1", "sentence2"), 2, "accuracy"),
 }
+
+# The evaluate module of GLUE's metrics (evaluate.load(METRIC_MODULE, kind)), offline.
+METRIC_MODULE = str(Path(__file__).with_name("glue_metric.py"))
+METRIC_KINDS = ("accuracy", "accuracy_f1", "matthews", "correlation")
 
 # The figure each metric kind is judged by (the "task metric" of summaries and tables).
 MAIN_METRIC = {"accuracy": "accuracy", "accuracy_f1": "f1", "matthews": "matthews_correlation", "correlation": "pearson"}
