@@ -573,7 +573,7 @@ def test_a_later_search_tries_one_notch_up_and_moves_the_step_size_one_notch(can
         curvature_avg = 0.8 * before.curvature_avg + 0.2 * q
         assert after.slope_avg == pytest.approx(slope_avg, rel=1e-4)
         assert after.curvature_avg == pytest.approx(curvature_avg, rel=1e-4, abs=1e-12)
-        boundary = math.inf if curvature_avg == 0 else 2 * (1 - 0.5) * slope_avg / curvature_avg
+        boundary = math.inf if curvature_avg == 0 else 2 * (1 - opt.c) * slope_avg / curvature_avg
         if boundary >= x * (1 + 1e-6):
             assert after.step_size == pytest.approx(x) and after.interval == before.interval
             seen.add("grow")
