@@ -23,6 +23,7 @@ paper's algorithm as written is ``reference.SaLSaPaper``.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import warnings
 from collections.abc import Callable
@@ -211,8 +212,6 @@ class SaLSa(Optimizer):
     @property
     def settings(self) -> dict[str, Any]:
         """The constructor's arguments as this optimizer holds them (the model card lists them)."""
-        import inspect
-
         names = [n for n in inspect.signature(type(self).__init__).parameters if n not in ("self", "params")]
         values = {**self.defaults, **{n: getattr(self, n) for n in names if hasattr(self, n)}}
         return {n: values[n] for n in names if n in values and n not in ("foreach", "total_steps")}
