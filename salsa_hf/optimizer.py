@@ -353,7 +353,7 @@ class SaLSa(Optimizer):
         search.last_searched = True
         slope = self._slope(groups) * slope_scale
         if slope == 0.0:
-            self._warn_if_zero_gradient(groups)
+            self._warn_if_zero_gradient()
         if not slope > 0.0:  # a zero gradient, or momentum against it: nothing to test; the step is Adam's
             search.uphill_searches += 1
             return 0.0, search.step_size
@@ -439,11 +439,10 @@ class SaLSa(Optimizer):
             return 0.0
         return math.inf if curvature == 0.0 else 2 * (1 - self.c) * slope / curvature
 
-    def _warn_if_zero_gradient(self, groups: list[dict]) -> None:
+    def _warn_if_zero_gradient(self) -> None:
         if self._warned_zero_gradient:
             return
-        grads = [g for group in groups for g in group["grads"]]
-        if F.preconditioned_dot(grads, grads, None, 1.0, 0.0, foreach=self.foreach) == 0.0:
+        if self._gradient_norm_sq() == 0.0:
             self._warned_zero_gradient = True
             warnings.warn(
                 "SaLSa got an exactly zero gradient: there is nothing to search along, and the model does not "
