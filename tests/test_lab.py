@@ -11,6 +11,7 @@ from .test_scripts import load_script
 
 lab = load_script("lab")
 lab_report = load_script("lab_report")
+probe = load_script("probe_generalization")
 
 
 def fake_run(workload, optimizer, final, *, seed=0, steps=100, accuracy=0.9, trials=None, search_steps=()):
@@ -77,3 +78,14 @@ def test_a_real_grid_runs_the_same_batches_for_every_optimizer_and_resumes(tmp_p
     capsys.readouterr()
     lab.main(argv)
     assert capsys.readouterr().out.count("done before, skipped") == 2
+
+
+def test_the_generalization_probe_measures_the_lab_run_without_changing_it():
+    """Its extra forwards move neither the parameters nor the dropout masks: its run is the lab's,
+    loss for loss; and a step that moves nothing decreases neither batch's loss."""
+    pairs, losses = probe.measure("mlp_digits", "salsa", every=50)
+    assert [round(x, 5) for x in losses] == lab.run("mlp_digits", "salsa", 0, {})["losses"]
+    assert [pair["step"] for pair in pairs] == list(range(0, lab.WORKLOADS["mlp_digits"].steps, 50))
+    assert any(pair["own"] != 0.0 for pair in pairs)
+    frozen, _ = probe.measure("mlp_digits", "adamw_0", every=100)
+    assert frozen and all(pair["own"] == 0.0 and pair["fresh"] == 0.0 for pair in frozen)
