@@ -312,7 +312,23 @@ def make_optimizer(name: str, params, steps: int, variants: dict[str, dict]):
 # ---- one run -------------------------------------------------------------------------------------
 
 
-def run(workload: str, optimizer_name: str, seed: int, variants: dict[str, dict]) -> dict:
+def dropout_seed(seed: int, step: int) -> int:
+    """What torch is seeded with before each step: the same dropout masks for every optimizer."""
+    return seed * 1_000_003 + step
+
+
+class Observer:
+    """A measurement riding along a run (``scripts/probe_generalization.py``): it sees the
+    parameters before each step and after it, and must leave them, and the run, as they were."""
+
+    def before_step(self, step: int, batch: dict) -> None: ...
+
+    def after_step(self, step: int, batch: dict) -> None: ...
+
+
+def run(workload: str, optimizer_name: str, seed: int, variants: dict[str, dict],
+        observe: Callable[[dict, list], Observer] | None = None) -> dict:
+    """One cell of the grid. ``observe(task, params)``, if given, makes an ``Observer`` for the run."""
     from salsa_hf.rng import RngState
 
     torch.set_num_threads(int(os.environ.get("LAB_THREADS", "1")))
@@ -325,10 +341,12 @@ def run(workload: str, optimizer_name: str, seed: int, variants: dict[str, dict]
     if hasattr(optimizer, "train"):
         optimizer.train()  # schedule-free: its training weights
     model.train()
+    observer = observe(task, params) if observe else Observer()
     losses, search_steps, search_trials, search_rejections, step_sizes = [], [], [], [], []
     started = time.perf_counter()
     for step, batch in enumerate(batches):
-        torch.manual_seed(seed * 1_000_003 + step)  # the same dropout masks for every optimizer
+        observer.before_step(step, batch)
+        torch.manual_seed(dropout_seed(seed, step))
         before = RngState.capture()
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model, batch)
@@ -355,6 +373,7 @@ def run(workload: str, optimizer_name: str, seed: int, variants: dict[str, dict]
             optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        observer.after_step(step, batch)
         losses.append(float(loss.detach()))
     seconds = time.perf_counter() - started
     if hasattr(optimizer, "eval"):

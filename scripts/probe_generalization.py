@@ -22,69 +22,57 @@ import torch
 
 import lab
 from salsa_hf.examples.summary import tail_mean
-from salsa_hf.rng import RngState
+
+
+class NextBatchProbe(lab.Observer):
+    """Every ``every`` steps: the step's decrease on its own batch, then on the next one."""
+
+    def __init__(self, task: dict, params: list[torch.Tensor], seed: int, every: int):
+        self.model, self.loss_fn, self.params, self.seed, self.every = task["model"], task["loss"], params, seed, every
+        self.pairs: list[dict] = []
+        self._before = None  # (the point before this step, its batch's loss there)
+        self._measuring = None  # (the point before the last step, its own batch's decrease) until the next batch
+
+    @torch.no_grad()
+    def loss_at(self, point: list[torch.Tensor] | None, batch: dict, step: int) -> float:
+        """The batch's loss at ``point`` (None: where the parameters are), with step's dropout masks."""
+        here = [p.detach().clone() for p in self.params] if point is not None else None
+        self._set(point)
+        torch.manual_seed(lab.dropout_seed(self.seed, step))
+        value = float(self.loss_fn(self.model, batch))
+        self._set(here)
+        return value
+
+    def _set(self, values: list[torch.Tensor] | None) -> None:
+        for p, value in zip(self.params, values or []):
+            p.copy_(value)
+
+    def before_step(self, step: int, batch: dict) -> None:
+        if self._measuring is not None:  # the step before, seen by this batch
+            before, own = self._measuring
+            fresh = self.loss_at(before, batch, step) - self.loss_at(None, batch, step)
+            self.pairs.append({"step": step - 1, "own": own, "fresh": fresh})
+            self._measuring = None
+        if step % self.every == 0:
+            self._before = ([p.detach().clone() for p in self.params], self.loss_at(None, batch, step))
+
+    def after_step(self, step: int, batch: dict) -> None:
+        if step % self.every == 0:
+            before, own_before = self._before
+            self._measuring = (before, own_before - self.loss_at(None, batch, step))
 
 
 def measure(workload: str, optimizer_name: str, every: int = 5, seed: int = 0) -> tuple[list[dict], list[float]]:
     """The lab's run of ``optimizer_name`` on ``workload``, and every ``every`` steps the step's
     decrease on its own batch and on the next: returns those pairs and the run's losses."""
-    torch.set_num_threads(1)
-    spec = lab.WORKLOADS[workload]
-    task = spec.build(seed)
-    model, batches, loss_fn = task["model"], task["batches"], task["loss"]
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer, scheduler = lab.make_optimizer(optimizer_name, params, spec.steps, {})
-    line_search = hasattr(optimizer, "prepare_step")
-    if hasattr(optimizer, "train"):
-        optimizer.train()
-    model.train()
+    probes = []
 
-    @torch.no_grad()
-    def loss_at(point: list[torch.Tensor] | None, batch: dict, masks: int) -> float:
-        """The batch's loss at ``point`` (None: where the parameters are), with the step's dropout masks."""
-        here = None
-        if point is not None:
-            here = [p.detach().clone() for p in params]
-            for p, q in zip(params, point):
-                p.copy_(q)
-        torch.manual_seed(masks)
-        value = float(loss_fn(model, batch))
-        if here is not None:
-            for p, q in zip(params, here):
-                p.copy_(q)
-        return value
+    def observe(task: dict, params: list[torch.Tensor]) -> NextBatchProbe:
+        probes.append(NextBatchProbe(task, params, seed, every))
+        return probes[-1]
 
-    pairs, losses, measuring = [], [], None
-    for step, batch in enumerate(batches):
-        masks = seed * 1_000_003 + step  # the lab's dropout masks
-        if measuring is not None:  # the step before, seen by this batch
-            before, own = measuring
-            fresh = loss_at(before, batch, masks) - loss_at(None, batch, masks)
-            pairs.append({"step": step - 1, "own": own, "fresh": fresh})
-            measuring = None
-        measure_now = step % every == 0
-        torch.manual_seed(masks)
-        rng = RngState.capture()
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model, batch)
-        loss.backward()
-        if measure_now:
-            before, own_before = [p.detach().clone() for p in params], loss_at(None, batch, masks)
-        if line_search:
-            def evaluate(batch=batch, rng=rng):
-                rng.restore()
-                return loss_fn(model, batch)
-
-            optimizer.prepare_step(loss, evaluate)
-        torch.nn.utils.clip_grad_norm_(params, lab.MAX_GRAD_NORM)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        if measure_now:
-            measuring = (before, own_before - loss_at(None, batch, masks))
-        losses.append(float(loss.detach()))
-
-    return pairs, losses
+    record = lab.run(workload, optimizer_name, seed, {}, observe=observe)
+    return probes[0].pairs, record["losses"]
 
 
 def main() -> None:
