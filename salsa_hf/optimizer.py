@@ -366,12 +366,16 @@ class SaLSa(Optimizer):
         trial_loss = float(evaluate())
         search.trial_forwards += 1
         curvature = self._curvature(loss, trial_loss, trial, slope)
-        keep = self.beta3
-        search.slope_avg = keep * search.slope_avg + (1 - keep) * slope
-        search.curvature_avg = keep * search.curvature_avg + (1 - keep) * curvature
-        search.average_weight = keep * search.average_weight + (1 - keep)
         search.searches += 1
-        boundary = self._boundary(search.slope_avg, search.curvature_avg)  # the weights cancel
+        if math.isfinite(curvature):
+            keep = self.beta3
+            search.slope_avg = keep * search.slope_avg + (1 - keep) * slope
+            search.curvature_avg = keep * search.curvature_avg + (1 - keep) * curvature
+            search.average_weight = keep * search.average_weight + (1 - keep)
+            boundary = self._boundary(search.slope_avg, search.curvature_avg)  # the weights cancel
+        else:  # a non-finite trial loss: the boundary lies below the trial, and says no more; an
+            # infinite curvature in the averages would cut every later search and stop the run
+            boundary = 0.0
         if boundary >= trial:  # the larger step passes: take it, and keep it
             search.grown += 1
             search.step_size = trial
@@ -394,13 +398,15 @@ class SaLSa(Optimizer):
         """The first search: double (or halve) from ``init_step_size`` until the Armijo test
         changes its answer, and keep the largest step size that passed."""
         search = self.search
-        trial, at, accepted, rejected, curvature = search.step_size, 0.0, None, 0, 0.0
+        trial, at, accepted, rejected, start_curvature = search.step_size, 0.0, None, 0, 0.0
         for _ in range(MAX_TRIALS):
             self._move(groups, -(trial - at))
             at = trial
             trial_loss = float(evaluate())
             search.trial_forwards += 1
             curvature = self._curvature(loss, trial_loss, trial, slope)
+            if math.isfinite(curvature):
+                start_curvature = curvature
             if self._boundary(slope, curvature) >= trial:  # the Armijo test, in the quadratic model's words
                 accepted = trial
                 if rejected:
@@ -417,8 +423,8 @@ class SaLSa(Optimizer):
             search.failed_searches += 1
             return at, None
         search.searches += 1
-        # The averages start from the trial nearest the boundary (the last one).
-        search.slope_avg, search.curvature_avg, search.average_weight = slope, curvature, 1.0
+        # The averages start from the trial nearest the boundary (the last one whose loss was finite).
+        search.slope_avg, search.curvature_avg, search.average_weight = slope, start_curvature, 1.0
         search.step_size = accepted
         return at, accepted
 

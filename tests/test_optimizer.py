@@ -620,17 +620,41 @@ def test_clipping_between_prepare_step_and_step_is_undone_in_the_slope(cancer):
 
 
 def test_a_non_finite_trial_in_a_later_search_cuts_and_takes_no_step(cancer):
+    """One notch down and no step; the averages stay as they were (an infinite curvature in them
+    would cut every later search), so the searches after it decide as before."""
     model = mlp(dropout=0.0)
     opt = SaLSa(model.parameters(), warmup_searches=100)
     train(model, opt, cancer, 5)
-    before, interval = opt.search.step_size, opt.search.interval
+    before = copy.copy(opt.search)
     xb, yb = next(batches(cancer, 1, seed=5))
     w0 = [p.detach().clone() for p in model.parameters()]
     opt.step(Recorder(model, xb, yb, spoil=lambda loss: loss * float("inf")))
-    assert opt.search.step_size == pytest.approx(before / opt.growth)
-    assert opt.search.interval == max(1, interval // 2)
+    assert opt.search.step_size == pytest.approx(before.step_size / opt.growth)
+    assert opt.search.interval == max(1, before.interval // 2)
+    assert (opt.search.slope_avg, opt.search.curvature_avg) == (before.slope_avg, before.curvature_avg)
     for p, p0 in zip(model.parameters(), w0):
         torch.testing.assert_close(p, p0, rtol=0, atol=1e-6)
+    grown = opt.search.grown
+    train(model, opt, cancer, 20)
+    assert math.isfinite(opt.search.curvature_avg) and opt.search.grown > grown
+
+
+def test_a_non_finite_trial_in_the_first_search_does_not_start_the_averages(cancer):
+    """The first trial passes, the doubled one overflows: the step size is the first, and the
+    averages start from it, not from the overflow."""
+    model = mlp(dropout=0.0)
+    opt = SaLSa(model.parameters(), init_step_size=1e-4)
+    xb, yb = next(batches(cancer, 1))
+    count = {"trials": 0}
+
+    def spoil(loss):
+        count["trials"] += 1
+        return loss * float("inf") if count["trials"] == 2 else loss
+
+    opt.step(Recorder(model, xb, yb, spoil=spoil))
+    search = opt.search
+    assert search.step_size == 1e-4 and search.backtracks == 1 and search.trial_forwards == 2
+    assert math.isfinite(search.curvature_avg) and search.slope_avg > 0
 
 
 def test_a_first_search_with_no_passing_trial_takes_no_step_and_keeps_the_step_size(cancer):
