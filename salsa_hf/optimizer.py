@@ -134,7 +134,16 @@ class SaLSa(Optimizer):
         total_steps: int | None = None,
         cooldown: float = 1.0,
         foreach: bool = True,
+        average: str = "ratio",
     ):
+        # SCREENING ONLY (docs/lab.md, seventh round; removed in the next commit): how each search
+        # enters the test's averages. "ratio": p and q as measured (the default); "per_search": q / p,
+        # every search the same say (a harmonic mean of the boundaries); "scaled": p and q in units
+        # of the slope's running average.
+        if average not in ("ratio", "per_search", "scaled"):
+            raise ValueError(f"average must be 'ratio', 'per_search' or 'scaled', got {average!r}")
+        self.average = average
+        self._unit = 0.0
         if preconditioner not in PRECONDITIONERS:
             raise ValueError(f"preconditioner must be one of {PRECONDITIONERS}, got {preconditioner!r}")
         check_number("c", c, 0, 1)
@@ -369,6 +378,11 @@ class SaLSa(Optimizer):
         search.searches += 1
         if math.isfinite(curvature):
             keep = self.beta3
+            if self.average == "per_search":
+                slope, curvature = 1.0, curvature / slope
+            elif self.average == "scaled":
+                self._unit = keep * self._unit + (1 - keep) * slope
+                slope, curvature = slope / self._unit, curvature / self._unit
             search.slope_avg = keep * search.slope_avg + (1 - keep) * slope
             search.curvature_avg = keep * search.curvature_avg + (1 - keep) * curvature
             search.average_weight = keep * search.average_weight + (1 - keep)
@@ -425,6 +439,9 @@ class SaLSa(Optimizer):
         search.searches += 1
         # The averages start from the trial nearest the boundary (the last one whose loss was finite).
         search.slope_avg, search.curvature_avg, search.average_weight = slope, start_curvature, 1.0
+        if self.average != "ratio":
+            self._unit = slope
+            search.slope_avg, search.curvature_avg = 1.0, start_curvature / slope
         search.step_size = accepted
         return at, accepted
 
