@@ -73,6 +73,10 @@ class LineSearchState:
     # What the last step() did, for logging.
     last_searched: bool = False
     last_backtracks: int = 0
+    last_slope: float = 0.0  # the last search's slope p (0: no search yet)
+    # The last search's own Armijo boundary 2 (1 - c) p / q, at its last finite trial, before any
+    # smoothing (inf: no curvature seen; None: no trial): what that one batch alone would say.
+    last_boundary: float | None = None
 
     @property
     def extra_forward_fraction(self) -> float:
@@ -134,16 +138,7 @@ class SaLSa(Optimizer):
         total_steps: int | None = None,
         cooldown: float = 1.0,
         foreach: bool = True,
-        average: str = "ratio",
     ):
-        # SCREENING ONLY (docs/lab.md, seventh round; removed in the next commit): how each search
-        # enters the test's averages. "ratio": p and q as measured (the default); "per_search": q / p,
-        # every search the same say (a harmonic mean of the boundaries); "scaled": p and q in units
-        # of the slope's running average.
-        if average not in ("ratio", "per_search", "scaled"):
-            raise ValueError(f"average must be 'ratio', 'per_search' or 'scaled', got {average!r}")
-        self.average = average
-        self._unit = 0.0
         if preconditioner not in PRECONDITIONERS:
             raise ValueError(f"preconditioner must be one of {PRECONDITIONERS}, got {preconditioner!r}")
         check_number("c", c, 0, 1)
@@ -361,6 +356,7 @@ class SaLSa(Optimizer):
         search = self.search
         search.last_searched = True
         slope = self._slope(groups) * slope_scale
+        search.last_slope, search.last_boundary = slope, None
         if slope == 0.0:
             self._warn_if_zero_gradient()
         if not slope > 0.0:  # a zero gradient, or momentum against it: nothing to test; the step is Adam's
@@ -376,13 +372,9 @@ class SaLSa(Optimizer):
         search.trial_forwards += 1
         curvature = self._curvature(loss, trial_loss, trial, slope)
         search.searches += 1
+        search.last_boundary = self._boundary(slope, curvature)
         if math.isfinite(curvature):
             keep = self.beta3
-            if self.average == "per_search":
-                slope, curvature = 1.0, curvature / slope
-            elif self.average == "scaled":
-                self._unit = keep * self._unit + (1 - keep) * slope
-                slope, curvature = slope / self._unit, curvature / self._unit
             search.slope_avg = keep * search.slope_avg + (1 - keep) * slope
             search.curvature_avg = keep * search.curvature_avg + (1 - keep) * curvature
             search.average_weight = keep * search.average_weight + (1 - keep)
@@ -412,7 +404,7 @@ class SaLSa(Optimizer):
         """The first search: double (or halve) from ``init_step_size`` until the Armijo test
         changes its answer, and keep the largest step size that passed."""
         search = self.search
-        trial, at, accepted, rejected, start_curvature = search.step_size, 0.0, None, 0, 0.0
+        trial, at, accepted, rejected, start_curvature = search.step_size, 0.0, None, 0, math.inf
         for _ in range(MAX_TRIALS):
             self._move(groups, -(trial - at))
             at = trial
@@ -433,15 +425,13 @@ class SaLSa(Optimizer):
                 trial /= SCALE_FACTOR
         search.backtracks += rejected
         search.last_backtracks = rejected
+        search.last_boundary = self._boundary(slope, start_curvature)
         if accepted is None:
             search.failed_searches += 1
             return at, None
         search.searches += 1
         # The averages start from the trial nearest the boundary (the last one whose loss was finite).
         search.slope_avg, search.curvature_avg, search.average_weight = slope, start_curvature, 1.0
-        if self.average != "ratio":
-            self._unit = slope
-            search.slope_avg, search.curvature_avg = 1.0, start_curvature / slope
         search.step_size = accepted
         return at, accepted
 

@@ -343,6 +343,7 @@ def run(workload: str, optimizer_name: str, seed: int, variants: dict[str, dict]
     model.train()
     observer = observe(task, params) if observe else Observer()
     losses, search_steps, search_trials, search_rejections, step_sizes = [], [], [], [], []
+    search_slopes, search_boundaries = [], []  # SaLSa's: each search's own slope and boundary
     started = time.perf_counter()
     for step, batch in enumerate(batches):
         observer.before_step(step, batch)
@@ -368,6 +369,10 @@ def run(workload: str, optimizer_name: str, seed: int, variants: dict[str, dict]
                 search_steps.append(step)
                 search_trials.append(optimizer.search.trial_forwards - trials_before)
                 search_rejections.append(optimizer.search.last_backtracks)
+                if hasattr(optimizer.search, "last_boundary"):
+                    search_slopes.append(float(f"{optimizer.search.last_slope:.4g}"))
+                    boundary = optimizer.search.last_boundary
+                    search_boundaries.append(None if boundary is None else float(f"{boundary:.4g}"))
             step_sizes.append(optimizer.search.step_size)
         else:
             optimizer.step()
@@ -387,6 +392,7 @@ def run(workload: str, optimizer_name: str, seed: int, variants: dict[str, dict]
         s = optimizer.search
         record.update({"search_steps": search_steps, "search_trials": search_trials,
                        "search_rejections": search_rejections, "step_sizes": [float(f"{x:.4g}") for x in step_sizes],
+                       **({"search_slopes": search_slopes, "search_boundaries": search_boundaries} if search_slopes else {}),
                        "trial_forwards": s.trial_forwards, "backtracks": s.backtracks,
                        "failed_searches": s.failed_searches, "skipped_steps": s.skipped_steps})
     return record

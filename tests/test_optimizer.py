@@ -569,6 +569,8 @@ def test_a_later_search_tries_one_notch_up_and_moves_the_step_size_one_notch(can
         for t, p0, d in zip(trial_point, w0, adam_direction(opt)):
             torch.testing.assert_close(t, p0 - x * d, rtol=0, atol=1e-6)
         q = max(0.0, 2 * (slope * x - (loss - trial_loss)) / x**2)
+        assert after.last_slope == pytest.approx(slope, rel=1e-4)  # what this batch alone said, for logging
+        assert after.last_boundary == (math.inf if q == 0 else pytest.approx(2 * (1 - opt.c) * slope / q, rel=1e-3))
         slope_avg = 0.8 * before.slope_avg + 0.2 * slope
         curvature_avg = 0.8 * before.curvature_avg + 0.2 * q
         assert after.slope_avg == pytest.approx(slope_avg, rel=1e-4)
