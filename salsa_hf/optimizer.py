@@ -397,7 +397,7 @@ class SaLSa(Optimizer):
         search.shrunk += 1
         search.step_size = current / self.growth
         search.interval = max(1, search.interval // 2)
-        return trial, min(search.step_size, self._boundary(slope, curvature))
+        return trial, min(search.step_size, search.last_boundary)
 
     def _find_scale(self, loss: float, groups: list[dict], evaluate: LossClosure,
                     slope: float) -> tuple[float, float | None]:

@@ -312,6 +312,11 @@ def make_optimizer(name: str, params, steps: int, variants: dict[str, dict]):
 # ---- one run -------------------------------------------------------------------------------------
 
 
+def four_digits(x: float | None) -> float | None:
+    """A logged number, rounded to four significant digits (None stays None)."""
+    return None if x is None else float(f"{x:.4g}")
+
+
 def dropout_seed(seed: int, step: int) -> int:
     """What torch is seeded with before each step: the same dropout masks for every optimizer."""
     return seed * 1_000_003 + step
@@ -370,9 +375,8 @@ def run(workload: str, optimizer_name: str, seed: int, variants: dict[str, dict]
                 search_trials.append(optimizer.search.trial_forwards - trials_before)
                 search_rejections.append(optimizer.search.last_backtracks)
                 if hasattr(optimizer.search, "last_boundary"):
-                    search_slopes.append(float(f"{optimizer.search.last_slope:.4g}"))
-                    boundary = optimizer.search.last_boundary
-                    search_boundaries.append(None if boundary is None else float(f"{boundary:.4g}"))
+                    search_slopes.append(four_digits(optimizer.search.last_slope))
+                    search_boundaries.append(four_digits(optimizer.search.last_boundary))
             step_sizes.append(optimizer.search.step_size)
         else:
             optimizer.step()
@@ -391,7 +395,7 @@ def run(workload: str, optimizer_name: str, seed: int, variants: dict[str, dict]
     if line_search:
         s = optimizer.search
         record.update({"search_steps": search_steps, "search_trials": search_trials,
-                       "search_rejections": search_rejections, "step_sizes": [float(f"{x:.4g}") for x in step_sizes],
+                       "search_rejections": search_rejections, "step_sizes": [four_digits(x) for x in step_sizes],
                        **({"search_slopes": search_slopes, "search_boundaries": search_boundaries} if search_slopes else {}),
                        "trial_forwards": s.trial_forwards, "backtracks": s.backtracks,
                        "failed_searches": s.failed_searches, "skipped_steps": s.skipped_steps})
