@@ -44,8 +44,12 @@ PRECONDITIONERS = ("adam", "sgd")
 DEFAULT_INIT_STEP_SIZE = {"adam": 1e-4, "sgd": 0.1}
 MAX_TRIALS = 40  # per search: the first one may walk from 1e-7 to 1e-1 (20 doublings) and back
 SCALE_FACTOR = 2.0  # the first search's step between trials
+# Line-search entries older versions saved that carry nothing now: ``average_weight`` was the
+# averages' bias correction, 1.0 from the first search on, which starts them from its own values.
+RETIRED_STATE = {"average_weight"}
 # Keys a param group may carry; the line-search settings are global (one step size for the model).
-GROUP_KEYS = {"params", "betas", "eps", "weight_decay", "name"}
+# ``relative_step``: the group moves at that multiple of the step size, in the trials and the step.
+GROUP_KEYS = {"params", "betas", "eps", "weight_decay", "relative_step", "name"}
 
 
 @dataclass
@@ -56,7 +60,6 @@ class LineSearchState:
     step: int = 0  # steps taken (a skipped step does not count)
     slope_avg: float = 0.0  # EMA(beta3, per search) of the slope p
     curvature_avg: float = 0.0  # EMA(beta3, per search) of the curvature q
-    average_weight: float = 0.0  # the weight both have accumulated (their bias correction)
     interval: int = 1  # steps between searches
     steps_since_search: int = 0
     searches: int = 0  # searches that accepted a step size
@@ -101,7 +104,8 @@ class SaLSa(Optimizer):
     """Learning-rate-free Adam (or momentum SGD) with a smoothed Armijo line search.
 
     Args:
-        params: parameters or param groups (groups may set ``betas``, ``eps``, ``weight_decay``).
+        params: parameters or param groups (groups may set ``betas``, ``eps``, ``weight_decay``, and
+            ``relative_step``: the group moves at that multiple of the step size, default 1).
         preconditioner: ``"adam"`` or ``"sgd"`` (momentum SGD; its step size is not normalised).
         c: the Armijo constant in (0, 1), **the one setting worth tuning**: the share of the
             predicted decrease a step must achieve. Lower accepts larger steps.
@@ -163,7 +167,8 @@ class SaLSa(Optimizer):
         self._prepared: tuple[Tensor, LossClosure, float | None] | None = None
         self._warned_zero_gradient = False
         # "lr" mirrors the current step size, so schedulers and loggers that read it see SaLSa's.
-        defaults = {"lr": init_step_size, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+        defaults = {"lr": init_step_size, "betas": betas, "eps": eps, "weight_decay": weight_decay,
+                    "relative_step": 1.0}
         super().__init__(params, defaults)
         if not any(p.requires_grad for group in self.param_groups for p in group["params"]):
             raise ValueError(
@@ -191,6 +196,7 @@ class SaLSa(Optimizer):
         check_number("betas[1]", beta2, 0, 1, low_open=False)
         check_number("eps", group["eps"], 0, low_open=False)
         check_number("weight_decay", group["weight_decay"], 0, low_open=False)
+        check_number("relative_step", group["relative_step"], 0)
         super().add_param_group(param_group)
 
     def set_total_steps(self, total_steps: int | None) -> None:
@@ -231,7 +237,7 @@ class SaLSa(Optimizer):
         state_dict = dict(state_dict)
         if "line_search" not in state_dict:
             raise ValueError("not a SaLSa state dict: the 'line_search' entry is missing")
-        search = state_dict.pop("line_search")
+        search = {k: v for k, v in state_dict.pop("line_search").items() if k not in RETIRED_STATE}
         known = {f.name for f in dataclasses.fields(LineSearchState)}
         if set(search) - known:
             raise ValueError(
@@ -239,6 +245,8 @@ class SaLSa(Optimizer):
                 "does not know: it was saved by another version of salsa-hf (or by reference.SaLSaPaper)"
             )
         super().load_state_dict(state_dict)
+        for group in self.param_groups:  # saved by an earlier version: every group moved at the step size
+            group.setdefault("relative_step", 1.0)
         self.search = LineSearchState(**search)
         self._mirror_step_size()
 
@@ -336,7 +344,8 @@ class SaLSa(Optimizer):
         step_size = 0.0 if accepted is None else accepted * scale
         self._move(groups, offset - step_size)
         for group in groups:
-            F.scale_(group["params"], 1 - step_size * group["weight_decay"], foreach=self.foreach)
+            F.scale_(group["params"], 1 - step_size * group["relative_step"] * group["weight_decay"],
+                     foreach=self.foreach)
         self._mirror_step_size()
         return loss
 
@@ -377,8 +386,7 @@ class SaLSa(Optimizer):
             keep = self.beta3
             search.slope_avg = keep * search.slope_avg + (1 - keep) * slope
             search.curvature_avg = keep * search.curvature_avg + (1 - keep) * curvature
-            search.average_weight = keep * search.average_weight + (1 - keep)
-            boundary = self._boundary(search.slope_avg, search.curvature_avg)  # the weights cancel
+            boundary = self._boundary(search.slope_avg, search.curvature_avg)
         else:  # a non-finite trial loss: the boundary lies below the trial, and says no more; an
             # infinite curvature in the averages would cut every later search and stop the run
             boundary = 0.0
@@ -431,7 +439,7 @@ class SaLSa(Optimizer):
             return at, None
         search.searches += 1
         # The averages start from the trial nearest the boundary (the last one whose loss was finite).
-        search.slope_avg, search.curvature_avg, search.average_weight = slope, start_curvature, 1.0
+        search.slope_avg, search.curvature_avg = slope, start_curvature
         search.step_size = accepted
         return at, accepted
 
@@ -473,7 +481,7 @@ class SaLSa(Optimizer):
         for group in groups:
             dot = F.preconditioned_dot(group["grads"], group["exp_avgs"], group["exp_avg_sqs"],
                                        self._bias_correction2(group), group["eps"], foreach=self.foreach)
-            total += dot / (1 - group["betas"][0] ** self.search.step)
+            total += group["relative_step"] * dot / (1 - group["betas"][0] ** self.search.step)
         return total
 
     def _bias_correction2(self, group: dict) -> float:
@@ -483,7 +491,8 @@ class SaLSa(Optimizer):
         """``params += along_update * P m_hat``: ``-P m_hat`` is the Adam (or momentum-SGD) update."""
         for group in groups:
             bias_correction1 = 1 - group["betas"][0] ** self.search.step
-            F.add_preconditioned_(group["params"], [(group["exp_avgs"], along_update / bias_correction1)],
+            alpha = along_update * group["relative_step"] / bias_correction1
+            F.add_preconditioned_(group["params"], [(group["exp_avgs"], alpha)],
                                   group["exp_avg_sqs"], self._bias_correction2(group), group["eps"],
                                   foreach=self.foreach)
 
@@ -510,9 +519,10 @@ class SaLSa(Optimizer):
                 "betas": group["betas"],
                 "eps": group["eps"],
                 "weight_decay": group["weight_decay"],
+                "relative_step": group["relative_step"],
             })
         return active
 
     def _mirror_step_size(self) -> None:
         for group in self.param_groups:
-            group["lr"] = self.effective_step_size
+            group["lr"] = self.effective_step_size * group["relative_step"]

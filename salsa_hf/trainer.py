@@ -20,6 +20,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from transformers import Trainer, TrainerCallback
 
 from .bookkeeping import Bookkeeping
+from .lora import lora_param_groups
 from .optimizer import SaLSa
 from .peers import PEER_OPTIMIZERS
 from .presets import PRESETS
@@ -138,6 +139,13 @@ class SaLSaMixin:
         return isinstance(self.args, SaLSaArguments) and self.args.uses_salsa
 
     # ---- optimizer and scheduler ----------------------------------------------------------------
+
+    def create_optimizer(self, model=None):
+        created = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        if created and isinstance(optimizer, SaLSa):  # the Trainer's groups, each LoRA A factor slowed
+            optimizer.param_groups[:] = lora_param_groups(model or self.model, optimizer.param_groups)
+        return optimizer
 
     @staticmethod
     def get_optimizer_cls_and_kwargs(args, model=None):

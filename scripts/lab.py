@@ -18,6 +18,11 @@ Workloads (real data only; ``../shared/data`` beside the checkout, scikit-learn 
 - ``bert_scratch``: a 2-layer BERT from a config on SST2 with a hash tokenizer (from scratch: a
   higher step-size regime).
 - ``mlp_digits``: an MLP with dropout on scikit-learn's digits (not a Transformer).
+- ``lora_sst2``: MiniLM with a LoRA adapter on SST2 (SaLSa's cells group the adapter as
+  ``SaLSaTrainer`` does: ``salsa_hf.lora``).
+- ``minilm_mnli_regression`` (a regression head), ``lora_qnli``, ``mlp_diabetes`` (an MLP regression).
+Rounds decide on ``TUNING_WORKLOADS`` (SST2, GPT-2, BERT, digits, the SST2 adapter) and confirm on
+the rest, never tuned on.
 
 Baselines do not change when SaLSa does: their run JSONs are committed under
 ``docs/results/lab/runs`` and a finished cell is never re-run (delete its JSON to redo it). One
@@ -272,9 +277,11 @@ WORKLOADS: dict[str, Workload] = {
     "minilm_mnli_regression": Workload(600, minilm("mnli", ("premise", "hypothesis"), 40, 600, regression=True,
                                                    validation_file="validation_matched.jsonl"), (2e-5, 1e-4, 2e-4)),
     "mlp_diabetes": Workload(1000, mlp_diabetes(1000), (1e-3, 3e-3, 1e-2, 3e-2)),
+    # Added with the eighth round, to decide on (an adapter in the tuning split; lora_qnli confirms).
+    "lora_sst2": Workload(600, minilm("sst2", ("sentence",), 32, 600, lora=True), (2e-4, 5e-4, 1e-3, 2e-3)),
 }
-# The fifth round decided on these; the rest confirm (docs/algorithm.md).
-TUNING_WORKLOADS = ("mlp_digits", "bert_scratch", "gpt2", "minilm_sst2")
+# Rounds decide on these; the rest confirm (docs/lab.md).
+TUNING_WORKLOADS = ("mlp_digits", "bert_scratch", "gpt2", "minilm_sst2", "lora_sst2")
 
 
 # ---- optimizers ----------------------------------------------------------------------------------
@@ -332,8 +339,11 @@ class Observer:
 
 
 def run(workload: str, optimizer_name: str, seed: int, variants: dict[str, dict],
-        observe: Callable[[dict, list], Observer] | None = None) -> dict:
-    """One cell of the grid. ``observe(task, params)``, if given, makes an ``Observer`` for the run."""
+        observe: Callable[[dict, list], Observer] | None = None,
+        make_optimizer_for: Callable[[nn.Module, int], tuple] | None = None) -> dict:
+    """One cell of the grid. ``observe(task, params)``, if given, makes an ``Observer`` for the run;
+    ``make_optimizer_for(model, steps)``, if given, the (optimizer, scheduler) in place of the cell's
+    (``scripts/probe_schedule.py``)."""
     from salsa_hf.rng import RngState
 
     torch.set_num_threads(int(os.environ.get("LAB_THREADS", "1")))
@@ -341,7 +351,14 @@ def run(workload: str, optimizer_name: str, seed: int, variants: dict[str, dict]
     task = spec.build(seed)
     model, batches, loss_fn = task["model"], task["batches"], task["loss"]
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer, scheduler = make_optimizer(optimizer_name, params, spec.steps, variants)
+    if make_optimizer_for is not None:
+        optimizer, scheduler = make_optimizer_for(model, spec.steps)
+    elif optimizer_name == "salsa" or optimizer_name in variants:  # as SaLSaTrainer groups them
+        from salsa_hf.lora import lora_param_groups
+
+        optimizer, scheduler = make_optimizer(optimizer_name, lora_param_groups(model), spec.steps, variants)
+    else:
+        optimizer, scheduler = make_optimizer(optimizer_name, params, spec.steps, variants)
     line_search = hasattr(optimizer, "prepare_step")
     if hasattr(optimizer, "train"):
         optimizer.train()  # schedule-free: its training weights

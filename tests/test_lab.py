@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
@@ -12,6 +13,7 @@ from .test_scripts import load_script
 lab = load_script("lab")
 lab_report = load_script("lab_report")
 probe = load_script("probe_generalization")
+schedule_probe = load_script("probe_schedule")
 
 
 def fake_run(workload, optimizer, final, *, seed=0, steps=100, accuracy=0.9, trials=None, search_steps=()):
@@ -89,3 +91,22 @@ def test_the_generalization_probe_measures_the_lab_run_without_changing_it():
     assert any(pair["own"] != 0.0 for pair in pairs)
     frozen, _ = probe.measure("mlp_digits", "adamw_0", every=100)
     assert frozen and all(pair["own"] == 0.0 and pair["fresh"] == 0.0 for pair in frozen)
+
+
+def test_adamw_replaying_a_salsa_runs_step_sizes_ends_at_its_loss(tmp_path, capsys):
+    """SaLSa's step is Adam's at the step size taken, so its path of step sizes, cuts included, is
+    all there is to its result: AdamW driven by that path ends where SaLSa did."""
+    run = lab.run("mlp_digits", "salsa", 0, {})
+    assert any(later < earlier for earlier, later in zip(run["step_sizes"], run["step_sizes"][1:]))  # cuts
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    schedule_probe.main(["mlp_digits", "--replay", str(tmp_path / "run.json")])
+    replayed = float(re.search(r"final loss ([0-9.e+-]+),", capsys.readouterr().out).group(1))
+    assert replayed == pytest.approx(lab_report.final_loss(run["losses"]), rel=0.02)
+    schedule_probe.main(["mlp_digits", "--replay", str(tmp_path / "run.json"), "--times", "0.25"])
+    slower = float(re.search(r"final loss ([0-9.e+-]+),", capsys.readouterr().out).group(1))
+    assert slower > 2 * replayed  # the path matters: a quarter of it ends far higher
+
+
+def test_the_schedule_probe_refuses_a_part_that_names_nothing():
+    with pytest.raises(SystemExit, match="--part lora_A: no trainable parameter's name holds it"):
+        schedule_probe.main(["mlp_digits", "--rate", "1e-2", "--part", "lora_A=1e-3"])

@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import io
 import math
+import re
 import warnings
 
 import pytest
@@ -166,9 +167,29 @@ def test_state_dict_holds_every_scalar_of_the_search(cancer):
     train(model, opt, cancer, 25)
     line_search = opt.state_dict()["line_search"]
     assert line_search == dataclasses.asdict(opt.search)
-    for key in ("step_size", "slope_avg", "curvature_avg", "average_weight", "interval", "steps_since_search"):
+    for key in ("step_size", "slope_avg", "curvature_avg", "interval", "steps_since_search"):
         assert key in line_search
     assert line_search["step"] == 25 and line_search["searches"] >= 10
+
+
+def test_a_state_dict_of_the_previous_format_resumes_the_same_run(cancer):
+    # Earlier versions saved ``average_weight`` (1.0 from the first search on, never read), and their
+    # groups had no ``relative_step``.
+    model, data = mlp(dropout=0.0), list(batches(cancer, 40))  # no dropout: the twins take turns
+    opt = SaLSa(model.parameters())
+    train(model, opt, cancer, 20)
+    old_format = copy.deepcopy(opt.state_dict())  # loading would share the moments' tensors
+    old_format["line_search"] = {**old_format["line_search"], "average_weight": 1.0}
+    for group in old_format["param_groups"]:  # nor did groups carry ``relative_step``
+        del group["relative_step"]
+    twin_model = copy.deepcopy(model)
+    twin = SaLSa(twin_model.parameters())
+    twin.load_state_dict(old_format)
+    assert twin.search == opt.search
+    for xb, yb in data[20:]:
+        opt.step(loss_closure(model, xb, yb))
+        twin.step(loss_closure(twin_model, xb, yb))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin_model.parameters()))
 
 
 def test_loading_a_foreign_state_dict_is_refused(cancer):
@@ -421,6 +442,61 @@ def test_unknown_preset_and_per_group_search_settings_are_refused():
         SaLSa.from_name("adamw", [w])
     with pytest.raises(ValueError, match=r"\['c'\]"):
         SaLSa([{"params": [w], "c": 0.5}])
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_a_group_at_half_the_step_size_runs_as_a_search_from_twice_the_start(cancer, foreach):
+    # Every quantity of the search scales by a power of two, so the two runs are equal bit for bit:
+    # the relative step changes where the step size lies, not the steps taken.
+    halved, plain = mlp(), mlp()
+    opts = [SaLSa([{"params": halved.parameters(), "relative_step": 0.5}], init_step_size=2e-4, weight_decay=0.01,
+                  foreach=foreach),
+            SaLSa(plain.parameters(), init_step_size=1e-4, weight_decay=0.01, foreach=foreach)]
+    for xb, yb in batches(cancer, 40):
+        for model, opt in zip((halved, plain), opts):
+            torch.manual_seed(0)
+            opt.step(loss_closure(model, xb, yb))
+    assert all(torch.equal(a, b) for a, b in zip(halved.parameters(), plain.parameters()))
+    assert opts[0].search.step_size == 2 * opts[1].search.step_size
+    assert opts[0].search.backtracks == opts[1].search.backtracks > 0
+    assert opts[0].param_groups[0]["lr"] == opts[1].param_groups[0]["lr"]  # the rate each group steps at
+
+
+def test_relative_steps_move_each_group_by_its_share(cancer):
+    model = mlp(dropout=0.0)
+    first, second = list(model[0].parameters()), list(model[3].parameters())
+    opt = SaLSa([{"params": first}, {"params": second, "relative_step": 1 / 16}], warmup_searches=0)
+    data = batches(cancer, 100)
+    while True:  # run until the next step will not search: then it is Adam's, group by group
+        xb, yb = next(data)
+        opt.step(loss_closure(model, xb, yb))
+        if opt.search.interval > opt.search.steps_since_search + 1:
+            break
+    rates = [group["lr"] for group in opt.param_groups]
+    assert rates == [opt.search.step_size, opt.search.step_size / 16]
+    reference = copy.deepcopy(model)
+    adam = torch.optim.Adam([{"params": list(reference[0].parameters()), "lr": rates[0]},
+                             {"params": list(reference[3].parameters()), "lr": rates[1]}], foreach=False)
+    adam_state = adam.state_dict()
+    for index, p in enumerate(first + second):
+        adam_state["state"][index] = {"step": torch.tensor(float(opt.search.step)),
+                                      "exp_avg": opt.state[p]["exp_avg"].clone(),
+                                      "exp_avg_sq": opt.state[p]["exp_avg_sq"].clone()}
+    adam.load_state_dict(adam_state)
+    xb, yb = next(data)
+    opt.step(loss_closure(model, xb, yb))
+    adam.zero_grad()
+    loss_closure(reference, xb, yb)().backward()
+    adam.step()
+    assert not opt.search.last_searched
+    for a, b in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.5, float("nan"), "1/16"])
+def test_a_relative_step_that_is_not_a_positive_number_is_refused(bad):
+    with pytest.raises(ValueError, match=rf"relative_step must be a number > 0, got {re.escape(repr(bad))}"):
+        SaLSa([{"params": [torch.nn.Parameter(torch.ones(2))], "relative_step": bad}])
 
 
 def test_cooldown_decays_the_step_linearly_over_the_last_share_of_the_run(cancer):

@@ -13,6 +13,7 @@ from datasets import Dataset  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 from salsa_hf.examples.models import load_tokenizer  # noqa: E402
+from salsa_hf.lora import LORA_A_RELATIVE_STEP, lora_param_groups  # noqa: E402
 from salsa_hf.sft import SaLSaSFTConfig, SaLSaSFTTrainer  # noqa: E402
 
 from .test_trainer import assert_same_params  # noqa: E402
@@ -194,3 +195,24 @@ def test_run_sft_refuses_bad_input_in_one_line(tmp_path, shared_data, capsys, mo
             run_or_exit(lambda: module.main([*argv, "--output_dir", str(tmp_path / "out")]))
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_lora_a_factors_step_at_a_sixteenth_of_the_step_size(tmp_path, gpt2_tokenizer, shakespeare):
+    trainer = make_sft(tmp_path, gpt2_tokenizer, shakespeare, max_steps=3, weight_decay=0.01, peft_config=lora())
+    trainer.train()
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    groups = trainer.salsa.param_groups
+    factors = [g for g in groups if any(".lora_A." in names[id(p)] for p in g["params"])]
+    assert factors and all(".lora_A." in names[id(p)] for g in factors for p in g["params"])
+    assert all(g["relative_step"] == LORA_A_RELATIVE_STEP == 1 / 16 for g in factors)
+    assert all(g["relative_step"] == 1.0 for g in groups if g not in factors)
+    assert all(g["weight_decay"] == 0.01 for g in factors)  # the Trainer's decay groups, split
+    assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in trainer.model.parameters() if p.requires_grad}
+    assert factors[0]["lr"] == groups[0]["lr"] / 16  # the rate each group stepped at
+
+
+def test_a_model_without_lora_keeps_its_groups():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    groups = [{"params": list(model[0].parameters()), "weight_decay": 0.1}, {"params": list(model[1].parameters())}]
+    assert lora_param_groups(model, groups) == groups
+    assert lora_param_groups(model) == [{"params": list(model.parameters())}]
