@@ -85,6 +85,14 @@ class SaLSaPaper(SaLSa):
     def set_total_steps(self, total_steps: int | None) -> None:
         self.total_steps = None  # the paper has no schedule
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if param_group.get("relative_step", 1.0) != 1.0:
+            raise ValueError(
+                f"relative_step is SaLSa's, not the paper's (every group moves at its one step size), got "
+                f"{param_group['relative_step']!r}; use salsa_hf.SaLSa for groups at a share of the step size"
+            )
+        super().add_param_group(param_group)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         if "line_search" not in state_dict:

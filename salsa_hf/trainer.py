@@ -24,6 +24,7 @@ from .lora import lora_param_groups
 from .optimizer import SaLSa
 from .peers import PEER_OPTIMIZERS
 from .presets import PRESETS
+from .reference import SaLSaPaper
 from .rng import RngState
 from .training_args import SaLSaArguments
 
@@ -143,8 +144,10 @@ class SaLSaMixin:
     def create_optimizer(self, model=None):
         created = self.optimizer is None
         optimizer = super().create_optimizer(model)
-        if created and isinstance(optimizer, SaLSa):  # the Trainer's groups, each LoRA A factor slowed
+        # The Trainer's groups, each LoRA A factor slowed (not for the paper's algorithm, which has none).
+        if created and isinstance(optimizer, SaLSa) and not isinstance(optimizer, SaLSaPaper):
             optimizer.param_groups[:] = lora_param_groups(model or self.model, optimizer.param_groups)
+            optimizer._mirror_step_size()  # each group's "lr" at its share from the start
         return optimizer
 
     @staticmethod

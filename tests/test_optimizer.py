@@ -14,7 +14,7 @@ import torch
 from sklearn.datasets import load_breast_cancer
 from sklearn.preprocessing import StandardScaler
 
-from salsa_hf import PRESETS, SaLSa
+from salsa_hf import PRESETS, SaLSa, SaLSaPaper
 
 
 @pytest.fixture(scope="module")
@@ -491,6 +491,11 @@ def test_relative_steps_move_each_group_by_its_share(cancer):
     assert not opt.search.last_searched
     for a, b in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+
+
+def test_the_papers_salsa_refuses_a_relative_step():
+    with pytest.raises(ValueError, match="relative_step is SaLSa's, not the paper's.*got 0.5"):
+        SaLSaPaper([{"params": [torch.nn.Parameter(torch.ones(2))], "relative_step": 0.5}])
 
 
 @pytest.mark.parametrize("bad", [0.0, -0.5, float("nan"), "1/16"])
