@@ -26,38 +26,45 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import get_linear_schedule_with_warmup
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import lab  # noqa: E402
 
+from salsa_hf import SaLSa  # noqa: E402
 from salsa_hf.examples.summary import tail_mean  # noqa: E402
 
 
 def replayed_steps(run: dict) -> list[float]:
-    """The step each step of a lab SaLSa run took: its step size times the linear decay, or on a
-    cut (the step size falls at a search) no more than the batch's own boundary."""
+    """The step each step of a lab SaLSa run took: its step size times SaLSa's own cool-down factor
+    (the run's ``cooldown``), or on a cut (the step size falls at a search) no more than the
+    batch's own boundary."""
     eta, n = run["step_sizes"], run["steps"]
     boundary = dict(zip(run["search_steps"], run.get("search_boundaries", [None] * len(run["search_steps"]))))
+    decay = SaLSa([torch.nn.Parameter(torch.zeros(1))], total_steps=n,
+                  cooldown=(run.get("settings") or {}).get("cooldown", 1.0))
     steps = []
     for k in range(n):
         taken = eta[k]
         if k > 0 and eta[k] < eta[k - 1] and boundary.get(k) is not None:
             taken = min(taken, boundary[k])
-        steps.append(taken * (n - k) / n)  # SaLSa's cool-down over the whole run (cooldown = 1)
+        decay.search.step = k  # the factor step k took
+        steps.append(taken * decay.step_scale)
     return steps
 
 
-def schedule(args: argparse.Namespace, steps: int):
-    """step -> rate factor (the peak rates are the groups' lr)."""
+def scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace, steps: int):
+    """The rate schedule over the groups' peak rates (their lr)."""
     if args.replay:
         path = replayed_steps(json.loads(Path(args.replay).read_text()))
-        return lambda k: args.times * path[k] if k < len(path) else 0.0
+        return LambdaLR(optimizer, lambda k: args.times * path[k] if k < len(path) else 0.0)
     if args.until is not None:
         rest = steps - args.until
-        return lambda k: 1.0 if k < args.until else (args.then / args.rate) * (1 - (k - args.until) / rest)
-    warmup = args.warmup
-    return lambda k: k / warmup if k < warmup else (steps - k) / (steps - warmup)  # the Trainer's
+        return LambdaLR(optimizer, lambda k: 1.0 if k < args.until
+                        else (args.then / args.rate) * (1 - (k - args.until) / rest))
+    return get_linear_schedule_with_warmup(optimizer, args.warmup, steps)  # the Trainer's
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -95,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         optimizer = torch.optim.AdamW([{"params": groups[None], "lr": args.rate}]
                                       + [{"params": groups[part], "lr": rate} for part, rate in parts.items()],
                                       weight_decay=0.0)
-        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(args, steps))
+        return optimizer, scheduler(optimizer, args, steps)
 
     record = lab.run(args.workload, "probe", args.seed, {}, make_optimizer_for=make_optimizer_for)
     losses = record["losses"]
