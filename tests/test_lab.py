@@ -53,6 +53,21 @@ def test_report_ratios_are_paired_by_seed_against_the_best_rate_and_the_defaults
     assert f"| salsa | 2 | {geometric:.3f} | 1.000 (a) |" in table
 
 
+def test_best_rate_compares_rates_on_the_seeds_both_ran(tmp_path):
+    # 1e-3 is best over three seeds; 1e-4 ran only seed 0, lower than 1e-3's mean but not than
+    # 1e-3 on seed 0; 3e-4 ran seeds 1-2 and is lower there, so it is the best.
+    write_runs(tmp_path, [
+        *(fake_run("a", "adamw_0.001", loss, seed=s) for s, loss in enumerate([1.0, 3.0, 3.0])),
+        fake_run("a", "adamw_0.0001", 1.5, seed=0),
+        *(fake_run("a", "adamw_defaults", 4.0, seed=s) for s in range(3)),
+    ])
+    rows, best = lab_report.summarize(lab_report.load(tmp_path))
+    assert rows["a", "adamw_0.0001"]["loss"] < rows["a", "adamw_0.001"]["loss"]
+    assert best == {"a": "adamw_0.001"}
+    write_runs(tmp_path, [fake_run("a", "adamw_0.0003", 2.0, seed=1), fake_run("a", "adamw_0.0003", 2.5, seed=2)])
+    assert lab_report.summarize(lab_report.load(tmp_path))[1] == {"a": "adamw_0.0003"}
+
+
 def test_final_loss_is_the_mean_of_the_last_five_percent():
     assert lab_report.final_loss([float(i) for i in range(100)]) == pytest.approx(97.0)
     assert lab_report.final_loss([3.0, 2.0]) == 2.0
