@@ -6,8 +6,9 @@
 Per workload and optimizer, averaged over the seeds both have: the final training loss (the mean
 of the last 5% of the steps' mini-batch losses, as the talk's table), its ratio to the best AdamW of
 the sweep (the rate with the lowest mean final loss, two rates compared on the seeds both ran;
-the Trainer's default rate is one of the sweep) and to AdamW at the Trainer's defaults, the validation accuracy, the line search's extra
-forward passes per step (over the whole run, and after the first 10% of steps) and the wall time.
+the Trainer's default rate is one of the sweep) and to AdamW at the Trainer's defaults, the
+validation accuracy, the line search's extra forward passes per step (over the whole run, and
+after the first 10% of steps) and the wall time.
 Then, per optimizer, the geometric mean of the ratios over the workloads. Runs are read from
 RUNS_DIR/runs and each MORE_DIRS/runs (e.g. the committed baselines); writes RUNS_DIR/table.md.
 """
@@ -93,12 +94,12 @@ def best_rate(sweep: dict[str, dict]) -> str:
     """The best AdamW of a sweep, compared on the seeds the two rates share: a mean over more
     seeds is not beaten by another rate's luckier seed. From the most-seeded rates (the lowest
     mean among them) each other rate takes over where it is lower on the seeds both ran."""
-    order = sorted(sweep, key=lambda o: (-len(sweep[o]["seeds"]), sweep[o]["loss"]))
+    losses = {o: row["by_seed"] for o, row in sweep.items()}
+    order = sorted(sweep, key=lambda o: (-len(losses[o]), sweep[o]["loss"]))
     best = order[0]
     for other in order[1:]:
-        shared = set(sweep[other]["by_seed"]) & set(sweep[best]["by_seed"])
-        if shared and (mean(sweep[other]["by_seed"][s] for s in shared)
-                       < mean(sweep[best]["by_seed"][s] for s in shared)):
+        shared = losses[other].keys() & losses[best].keys()
+        if shared and mean(losses[other][s] for s in shared) < mean(losses[best][s] for s in shared):
             best = other
     return best
 
