@@ -198,6 +198,8 @@ class SaLSa(Optimizer):
         check_number("weight_decay", group["weight_decay"], 0, low_open=False)
         check_number("relative_step", group["relative_step"], 0)
         super().add_param_group(param_group)
+        added = self.param_groups[-1]
+        added["lr"] = self.effective_step_size * added["relative_step"]  # loggers read its share from the start
 
     def set_total_steps(self, total_steps: int | None) -> None:
         """Tell SaLSa how many steps the run takes (None: unknown, no cool-down)."""
@@ -243,6 +245,15 @@ class SaLSa(Optimizer):
             raise ValueError(
                 f"this SaLSa state dict has line-search entries {sorted(set(search) - known)} that this version "
                 "does not know: it was saved by another version of salsa-hf (or by reference.SaLSaPaper)"
+            )
+        saved = [len(group["params"]) for group in state_dict["param_groups"]]
+        here = [len(group["params"]) for group in self.param_groups]
+        if saved != here:
+            raise ValueError(
+                f"this SaLSa state dict has param groups of {saved} parameters, this optimizer of {here}: it was "
+                "saved with another grouping (another model, or a LoRA run saved before salsa-hf gave LoRA's A "
+                "factors a group of their own); resume with the grouping it was saved with, or start the "
+                "optimizer afresh from the checkpoint's weights"
             )
         super().load_state_dict(state_dict)
         for group in self.param_groups:  # saved by an earlier version: every group moved at the step size

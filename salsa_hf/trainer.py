@@ -146,8 +146,10 @@ class SaLSaMixin:
         optimizer = super().create_optimizer(model)
         # The Trainer's groups, each LoRA A factor slowed (not for the paper's algorithm, which has none).
         if created and isinstance(optimizer, SaLSa) and not isinstance(optimizer, SaLSaPaper):
-            optimizer.param_groups[:] = lora_param_groups(model or self.model, optimizer.param_groups)
-            optimizer._mirror_step_size()  # each group's "lr" at its share from the start
+            groups = lora_param_groups(model or self.model, optimizer.param_groups)
+            optimizer.param_groups.clear()
+            for group in groups:  # each checked again, and its "lr" set at its share
+                optimizer.add_param_group({k: v for k, v in group.items() if k != "lr"})
         return optimizer
 
     @staticmethod

@@ -199,6 +199,20 @@ def test_loading_a_foreign_state_dict_is_refused(cancer):
         SaLSa(model.parameters()).load_state_dict(adam_state)
 
 
+def test_a_state_dict_saved_with_other_groups_is_refused_naming_both_groupings(cancer):
+    """A LoRA checkpoint from before A got its own group has one group where the Trainer now builds
+    two: refused with both groupings named, and the optimizer left as it was."""
+    model = mlp()
+    saved = SaLSa(model.parameters())
+    saved.step(loss_closure(model, *next(batches(cancer, 1))))
+    params = list(model.parameters())
+    regrouped = SaLSa([{"params": params[:-1]}, {"params": params[-1:], "relative_step": 1 / 16}])
+    before = copy.deepcopy(regrouped.state_dict())
+    with pytest.raises(ValueError, match=r"param groups of \[4\] parameters, this optimizer of \[3, 1\]"):
+        regrouped.load_state_dict(saved.state_dict())
+    assert regrouped.state_dict() == before
+
+
 @pytest.mark.parametrize("preconditioner", ["adam", "sgd"])
 def test_foreach_path_equals_reference_path(cancer, preconditioner):
     models = [mlp(), mlp()]
@@ -466,6 +480,7 @@ def test_relative_steps_move_each_group_by_its_share(cancer):
     model = mlp(dropout=0.0)
     first, second = list(model[0].parameters()), list(model[3].parameters())
     opt = SaLSa([{"params": first}, {"params": second, "relative_step": 1 / 16}], warmup_searches=0)
+    assert [group["lr"] for group in opt.param_groups] == [opt.init_step_size, opt.init_step_size / 16]  # from the start
     data = batches(cancer, 100)
     while True:  # run until the next step will not search: then it is Adam's, group by group
         xb, yb = next(data)
