@@ -198,8 +198,7 @@ class SaLSa(Optimizer):
         check_number("weight_decay", group["weight_decay"], 0, low_open=False)
         check_number("relative_step", group["relative_step"], 0)
         super().add_param_group(param_group)
-        added = self.param_groups[-1]
-        added["lr"] = self.effective_step_size * added["relative_step"]  # loggers read its share from the start
+        self._mirror_step_size()  # loggers read the new group's share from the start
 
     def set_total_steps(self, total_steps: int | None) -> None:
         """Tell SaLSa how many steps the run takes (None: unknown, no cool-down)."""
