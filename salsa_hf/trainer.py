@@ -20,7 +20,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from transformers import Trainer, TrainerCallback
 
 from .bookkeeping import Bookkeeping
-from .lora import lora_param_groups
+from .lora import lora_param_groups, lora_settings
 from .optimizer import SaLSa
 from .peers import PEER_OPTIMIZERS
 from .presets import PRESETS
@@ -77,8 +77,9 @@ class StepTrace(TrainerCallback):
 # What of the Trainer's private API the mixin relies on (tests/test_trainer.py holds each):
 # - ``training_step`` (overridden), ``_prepare_inputs``, ``compute_loss_context_manager``,
 #   ``compute_loss``: the trial replays the micro-batch as the training forward computed it;
-# - ``loss_is_scaled_for_ga``, ``model_accepts_loss_kwargs``, ``compute_loss_func``,
-#   ``current_gradient_accumulation_steps``: the loss scaling copied from ``training_step``;
+# - ``model_accepts_loss_kwargs``, ``compute_loss_func``, ``current_gradient_accumulation_steps``
+#   and, where it exists (not in 5.17), ``loss_is_scaled_for_ga``: the loss scaling copied from
+#   ``training_step``;
 # - ``accelerator.sync_gradients`` (the last micro-batch of a step), ``accelerator.scaler``
 #   (the GradScaler's scale), ``accelerator.reduce`` (the mean over processes);
 # - ``_created_lr_scheduler``: set with the scheduler we create, as ``create_scheduler`` does;
@@ -155,7 +156,10 @@ class SaLSaMixin:
     @staticmethod
     def get_optimizer_cls_and_kwargs(args, model=None):
         if isinstance(args, SaLSaArguments) and args.uses_salsa:
-            return PRESETS[args.optim_name][0], args.salsa_kwargs()
+            cls = PRESETS[args.optim_name][0]
+            # An adapter's own defaults (not for the paper's algorithm); a --salsa_* flag set wins.
+            adapter = lora_settings(model) if model is not None and cls is SaLSa else {}
+            return cls, {**adapter, **args.salsa_kwargs()}
         if isinstance(args, SaLSaArguments) and args.optim_name in PEER_OPTIMIZERS:
             return PEER_OPTIMIZERS[args.optim_name](args, model)
         return Trainer.get_optimizer_cls_and_kwargs(args, model)
@@ -227,7 +231,8 @@ class SaLSaMixin:
             loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
         if self.args.n_gpu > 1:
             loss = loss.mean()
-        scaled_for_accumulation = self.loss_is_scaled_for_ga
+        # transformers' own declaration of a loss scaled already (older 5.x releases lack it).
+        scaled_for_accumulation = getattr(self, "loss_is_scaled_for_ga", None)
         if scaled_for_accumulation is None:
             scaled_for_accumulation = (
                 self.model_accepts_loss_kwargs and num_items_in_batch is not None

@@ -18,7 +18,7 @@ Workloads (real data only; ``../shared/data`` beside the checkout, scikit-learn 
 - ``bert_scratch``: a 2-layer BERT from a config on SST2 with a hash tokenizer (from scratch: a
   higher step-size regime).
 - ``mlp_digits``: an MLP with dropout on scikit-learn's digits (not a Transformer).
-- ``lora_sst2``: MiniLM with a LoRA adapter on SST2 (SaLSa's cells group the adapter as
+- ``lora_sst2``: MiniLM with a LoRA adapter on SST2 (SaLSa's cells group and set the adapter as
   ``SaLSaTrainer`` does: ``salsa_hf.lora``).
 - ``minilm_mnli_regression`` (a regression head), ``lora_qnli``, ``mlp_diabetes`` (an MLP regression).
 Rounds decide on ``TUNING_WORKLOADS`` (SST2, GPT-2, BERT, digits, the SST2 adapter) and confirm on
@@ -353,10 +353,12 @@ def run(workload: str, optimizer_name: str, seed: int, variants: dict[str, dict]
     params = [p for p in model.parameters() if p.requires_grad]
     if make_optimizer_for is not None:
         optimizer, scheduler = make_optimizer_for(model, spec.steps)
-    elif optimizer_name == "salsa" or optimizer_name in variants:  # as SaLSaTrainer groups them
-        from salsa_hf.lora import lora_param_groups
+    elif optimizer_name == "salsa" or optimizer_name in variants:  # as SaLSaTrainer groups and sets them
+        from salsa_hf.lora import lora_param_groups, lora_settings
 
-        optimizer, scheduler = make_optimizer(optimizer_name, lora_param_groups(model), spec.steps, variants)
+        settings = {**lora_settings(model), **variants.get(optimizer_name, {})}  # a variant's own settings win
+        optimizer, scheduler = make_optimizer(optimizer_name, lora_param_groups(model), spec.steps,
+                                              {optimizer_name: settings})
     else:
         optimizer, scheduler = make_optimizer(optimizer_name, params, spec.steps, variants)
     line_search = hasattr(optimizer, "prepare_step")

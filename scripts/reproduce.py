@@ -5,6 +5,7 @@
     python scripts/reproduce.py --suite offline                  # ~1 hour on 2 CPU cores
     python scripts/reproduce.py --suite offline --tasks mrpc --optimizers adam salsa --seeds 42 43
     python scripts/reproduce.py --suite paper --runs_dir runs/paper   # Hub models and data, for a GPU
+    python scripts/reproduce.py --suite epochs --jobs 6          # one epoch of each shared GLUE file, for a GPU
     python scripts/reproduce.py --suite lab --optimizers salsa --seeds 0 1 2   # the optimizer lab (scripts/lab.py)
 
 Each finished run leaves one JSON in RUNS_DIR/results (its log history, validation metrics, wall
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +60,8 @@ def optimizer_settings(max_steps: int) -> dict[str, dict]:
 
 OPTIMIZERS = tuple(optimizer_settings(100))
 # The optimizers a suite runs when --optimizers is not given (offline and paper: the talk's grid).
-SUITE_OPTIMIZERS = {"demo": ("salsa", "adamw"), "lora": ("salsa", "adamw", "adamw_lora")}
+SUITE_OPTIMIZERS = {"demo": ("salsa", "adamw"), "lora": ("salsa", "adamw", "adamw_lora"),
+                    "epochs": ("salsa", "adamw", "adam"), "epochs_lora": ("salsa", "adamw", "adamw_lora")}
 TALK_GRID = tuple(name for name in OPTIMIZERS if name != "adamw_lora")
 
 # suite -> task -> (script, config, flags). The offline budget: 100 steps of batch 8 (length 64)
@@ -67,6 +70,18 @@ OFFLINE_GLUE = {"max_steps": 100, "per_device_train_batch_size": 8, "max_seq_len
 OFFLINE_GPT2 = {"max_steps": 100, "per_device_train_batch_size": 4, "block_size": 64, "max_eval_samples": 64}
 # Paper: 5 epochs at batch 32 (as steps, so that warm-up is known in steps): GLUE train sizes / 32.
 PAPER_STEPS = {"mnli": 5 * 12272, "qnli": 5 * 3274, "mrpc": 5 * 115, "sst2": 5 * 2105, "gpt2": 5000}
+# Epochs: one pass over each shared GLUE train file (its rows: ../shared/data/README.md) at batch 32;
+# the longest first, so that --jobs starts them first.
+SHARED_TRAIN_ROWS = {"sst2": 67349, "qnli": 8999, "mnli": 8999, "mrpc": 3667}
+
+
+def _one_epoch(task: str, **flags) -> tuple[str, str, dict]:
+    rows = SHARED_TRAIN_ROWS[task]
+    return ("run_glue.py", f"glue_configs/offline/{task}.json",
+            {"max_steps": -(-rows // 32), "per_device_train_batch_size": 32, "max_train_samples": rows,
+             "logging_steps": 10, **flags})
+
+
 SUITES = {
     "offline": {
         task: ("run_clm.py" if task == "gpt2" else "run_glue.py", f"glue_configs/offline/{task}.json",
@@ -80,6 +95,9 @@ SUITES = {
         "sst2": ("run_glue.py", "glue_configs/offline/sst2.json", {"max_steps": None, "logging_steps": 5, "use_peft": True}),
         "gpt2": ("run_clm.py", "glue_configs/offline/gpt2.json", {"max_steps": None, "logging_steps": 5, "use_peft": True}),
     },
+    # The lab's MiniLM and LoRA workloads for a whole epoch of the shared files (a GPU's hour, or minutes).
+    "epochs": {task: _one_epoch(task) for task in SHARED_TRAIN_ROWS},
+    "epochs_lora": {task: _one_epoch(task, use_peft=True) for task in ("sst2", "qnli")},
     "paper": {
         task: ("run_clm.py" if task == "gpt2" else "run_glue.py", f"glue_configs/{task}.json",
                {"max_steps": PAPER_STEPS[task], "logging_steps": 10, "save_strategy": "no"})
@@ -110,7 +128,7 @@ def run_one(suite: str, task: str, optimizer: str, seed: int, runs_dir: Path, ma
         command = run_command(suite, task, optimizer, seed, scratch, max_steps)
         started = time.time()
         env = dict(os.environ)
-        if suite == "offline":
+        if suite != "paper":  # local models and data only
             env.setdefault("HF_HUB_OFFLINE", "1")
         with open(log_path, "w") as log:
             code = subprocess.call(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -154,8 +172,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[42])
     parser.add_argument("--max_steps", type=int, default=None, help="Steps per run, instead of the suite's budget.")
     parser.add_argument("--runs_dir", type=Path, default=None, help="Default: runs/<suite>.")
+    parser.add_argument("--jobs", type=int, default=1, help="Cells trained at once, each in its own process.")
     parser.add_argument("--report_only", action="store_true", help="Write the table and plots from existing results.")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     runs_dir = args.runs_dir or REPO / "runs" / args.suite
     tasks = args.tasks or list(SUITES[args.suite])
     unknown = sorted(set(tasks) - set(SUITES[args.suite]))
@@ -165,16 +186,27 @@ def main(argv: list[str] | None = None) -> None:
 
     if not args.report_only:
         grid = [(t, o, s) for s in args.seeds for t in tasks for o in optimizers]
+        todo = []
         for number, (task, optimizer, seed) in enumerate(grid, 1):
             path = result_path(runs_dir, task, optimizer, seed)
             if path.exists():
                 print(f"[{number}/{len(grid)}] {path.name}: done before, skipped", flush=True)
-                continue
+            else:
+                todo.append((number, task, optimizer, seed, path))
+
+        def train(cell) -> str:
+            number, task, optimizer, seed, path = cell
             record = run_one(args.suite, task, optimizer, seed, runs_dir, args.max_steps)
             write_atomically(path, record)
             summary = (f"{record['train_runtime']:.0f} s of training" if record["status"] == "ok"
                        else f"FAILED (exit {record['exit_code']}), see logs/{path.stem}.log")
-            print(f"[{number}/{len(grid)}] {path.name}: {summary}", flush=True)
+            return f"[{number}/{len(grid)}] {path.name}: {summary}"
+
+        # Each cell is its own process, so cells in parallel only share the machine (a GPU that one
+        # small model leaves mostly idle); every cell's batches are its seed's, whatever runs beside it.
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for line in pool.map(train, todo):
+                print(line, flush=True)
     (report.write_demo_report if args.suite in SUITE_OPTIMIZERS else report.write_report)(runs_dir)
 
 

@@ -79,7 +79,7 @@ def test_report_writes_table_csv_and_plots(tmp_path):
     assert float(salsa_mrpc["final_loss"]) == pytest.approx(0.5 * (1 + 1 / 39.5), rel=1e-2)
 
 
-@pytest.mark.parametrize("suite", ["offline", "paper", "demo", "lora"])
+@pytest.mark.parametrize("suite", ["offline", "paper", "demo", "lora", "epochs", "epochs_lora"])
 def test_every_cell_of_the_grid_is_a_valid_run_command(suite):
     from transformers import HfArgumentParser
 
@@ -96,12 +96,21 @@ def test_every_cell_of_the_grid_is_a_valid_run_command(suite):
             assert command[1] == f"scripts/{script}"
             model, _, training = parse_config_and_flags(
                 HfArgumentParser((*arguments[script], SaLSaTrainingArguments)), command[2:])
-            assert model.use_peft == (suite == "lora")
+            assert model.use_peft == flags.get("use_peft", False) == (suite in ("lora", "epochs_lora"))
             assert training.max_steps == steps and training.seed == 7
             assert training.logging_steps == flags["logging_steps"] and training.output_dir == "/tmp/unused"
             assert training.optim_name == reproduce.optimizer_settings(steps)[optimizer]["optim"]
     adam = reproduce.optimizer_settings(100)["adam"]
     assert (adam["learning_rate"], adam["warmup_steps"], adam["lr_scheduler_type"]) == (2e-5, 10, "cosine")
+
+
+@pytest.mark.parametrize("suite", ["epochs", "epochs_lora"])
+def test_the_epoch_suites_pass_once_over_every_row_of_the_shared_files(suite, shared_data):
+    for task, (_, _, flags) in reproduce.SUITES[suite].items():
+        rows = sum(1 for _ in (shared_data / "glue" / task / "train.jsonl").open())
+        assert reproduce.SHARED_TRAIN_ROWS[task] == rows == flags["max_train_samples"]
+        steps, batch = flags["max_steps"], flags["per_device_train_batch_size"]
+        assert (steps - 1) * batch < rows <= steps * batch  # one epoch, its last batch partial
 
 
 def test_grid_writes_one_json_per_run_resumes_and_records_failures(tmp_path, shared_data, bert_tokenizer, monkeypatch):
@@ -130,9 +139,9 @@ def test_grid_writes_one_json_per_run_resumes_and_records_failures(tmp_path, sha
 
 def test_demo_runs_salsa_and_adamw_on_the_main_job_and_writes_a_table_and_a_plot(tmp_path, shared_data):
     runs_dir = tmp_path / "demo"
-    reproduce.main(["--suite", "demo", "--max_steps", "5", "--runs_dir", str(runs_dir)])
+    reproduce.main(["--suite", "demo", "--max_steps", "5", "--runs_dir", str(runs_dir), "--jobs", "2"])
     results = sorted(p.name for p in (runs_dir / "results").glob("*.json"))
-    assert results == ["sst2__adamw__seed42.json", "sst2__salsa__seed42.json"]
+    assert results == ["sst2__adamw__seed42.json", "sst2__salsa__seed42.json"]  # trained side by side
     salsa = json.loads((runs_dir / "results" / "sst2__salsa__seed42.json").read_text())
     assert salsa["status"] == "ok" and "glue_configs/offline/sst2.json" in salsa["command"]
     table = (runs_dir / "table.md").read_text()
@@ -140,6 +149,12 @@ def test_demo_runs_salsa_and_adamw_on_the_main_job_and_writes_a_table_and_a_plot
     # SST2's validation split: 444 of its 872 rows are positive, the training majority.
     assert "ignores its input (always class 1) has validation accuracy 0.5092." in table
     assert (runs_dir / "demo.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_grid_refuses_a_job_count_below_one(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce.main(["--suite", "demo", "--jobs", "0"])
+    assert exit_info.value.code == 2 and "--jobs must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_overhead_bench_measures_every_optimizer(tmp_path, shared_data, bert_tokenizer):

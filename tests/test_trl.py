@@ -3,6 +3,8 @@ tokenizer, real text (Tiny Shakespeare)."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -12,8 +14,9 @@ peft = pytest.importorskip("peft", reason="missing from this machine: peft (pip 
 from datasets import Dataset  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
+from salsa_hf import SaLSa  # noqa: E402
 from salsa_hf.examples.models import load_tokenizer  # noqa: E402
-from salsa_hf.lora import LORA_A_RELATIVE_STEP, lora_param_groups  # noqa: E402
+from salsa_hf.lora import LORA_A_RELATIVE_STEP, LORA_C, lora_param_groups  # noqa: E402
 from salsa_hf.sft import SaLSaSFTConfig, SaLSaSFTTrainer  # noqa: E402
 
 from .test_trainer import assert_same_params  # noqa: E402
@@ -209,6 +212,19 @@ def test_lora_a_factors_step_at_a_sixteenth_of_the_step_size(tmp_path, gpt2_toke
     assert all(g["weight_decay"] == 0.01 for g in factors)  # the Trainer's decay groups, split
     assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in trainer.model.parameters() if p.requires_grad}
     assert factors[0]["lr"] == groups[0]["lr"] / 16  # the rate each group stepped at
+
+
+@pytest.mark.parametrize("flags, c", [({}, LORA_C), ({"salsa_c": 0.5}, 0.5), ({"optim": "salsa_paper"}, 0.3)])
+def test_an_adapter_gets_the_stricter_test_unless_a_flag_sets_c(tmp_path, gpt2_tokenizer, shakespeare, flags, c):
+    trainer = make_sft(tmp_path, gpt2_tokenizer, shakespeare, max_steps=1, peft_config=lora(), **flags)
+    trainer.train()
+    assert trainer.salsa.c == c
+
+
+def test_a_model_without_lora_keeps_the_default_test(tmp_path, gpt2_tokenizer, shakespeare):
+    trainer = make_sft(tmp_path, gpt2_tokenizer, shakespeare, max_steps=1)
+    trainer.train()
+    assert trainer.salsa.c == inspect.signature(SaLSa).parameters["c"].default == 0.8 != LORA_C
 
 
 def test_a_model_without_lora_keeps_its_groups():
