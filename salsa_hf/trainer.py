@@ -157,8 +157,9 @@ class SaLSaMixin:
     def get_optimizer_cls_and_kwargs(args, model=None):
         if isinstance(args, SaLSaArguments) and args.uses_salsa:
             cls = PRESETS[args.optim_name][0]
-            # An adapter's own defaults (not for the paper's algorithm); a --salsa_* flag set wins.
-            adapter = lora_settings(model) if model is not None and cls is SaLSa else {}
+            # An adapter's own settings, with the same exception as its groups in create_optimizer
+            # (not for the paper's algorithm); a --salsa_* flag set wins.
+            adapter = lora_settings(model) if model is not None and not issubclass(cls, SaLSaPaper) else {}
             return cls, {**adapter, **args.salsa_kwargs()}
         if isinstance(args, SaLSaArguments) and args.optim_name in PEER_OPTIMIZERS:
             return PEER_OPTIMIZERS[args.optim_name](args, model)
